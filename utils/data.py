@@ -1,0 +1,198 @@
+"""Data: Fashion-MNIST (shipped offline by Debian), scikit-learn digits as a transfer target, and local roots for the
+`paper` profile. Every image tensor is float32 in [0, 1], shape [N, C, H, W]; labels are int64 [N].
+
+Nothing is downloaded at run time except by `prepare_fashion_mnist`, the set-up step behind `make setup`.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset is not where the suite looks for it; the message names the fix."""
+
+
+def _raw_dir(root: str | os.PathLike) -> Path:
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def fashion_mnist_ready(root: str | os.PathLike) -> bool:
+    raw = _raw_dir(root)
+    return all((raw / f).is_file() and (raw / f).stat().st_size > 0 for f in RAW_FILES)
+
+
+def _decompress_into(src_dir: Path, raw: Path) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        tmp = raw / (name + ".tmp")
+        with gzip.open(src_dir / (name + ".gz"), "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, raw / name)  # atomic: a killed set-up never leaves a half file
+
+
+def prepare_fashion_mnist(root: str | os.PathLike = "data", *, debian_dir: Path = DEBIAN_DIR,
+                          allow_apt: bool = True, allow_download: bool = True) -> Path:
+    """Make `<root>/FashionMNIST/raw/` hold the four decompressed idx files; return that folder.
+
+    Order: already there -> Debian's `dataset-fashion-mnist` files (installed with apt-get when missing and we are
+    root) -> torchvision's download (needs internet) -> `DataMissingError` naming both fixes. Debian recompressed
+    the files, so their md5 differs from upstream and torchvision's own integrity check would reject the .gz files;
+    we decompress them ourselves.
+    """
+    raw = _raw_dir(root)
+    if fashion_mnist_ready(root):
+        return raw
+    debian_dir = Path(debian_dir)
+    have_debian = all((debian_dir / (f + ".gz")).is_file() for f in RAW_FILES)
+    apt_error = ""
+    if not have_debian and allow_apt and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("Fashion-MNIST: installing the Debian package dataset-fashion-mnist ...", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                apt_error = (r.stderr or r.stdout).strip()[-500:]
+                break
+        have_debian = all((debian_dir / (f + ".gz")).is_file() for f in RAW_FILES)
+    if have_debian:
+        _decompress_into(debian_dir, raw)
+        return raw
+    download_error = ""
+    if allow_download:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+        except Exception as e:  # no internet, or a mirror down
+            download_error = f"{type(e).__name__}: {e}"
+        if fashion_mnist_ready(root):
+            return raw
+    raise DataMissingError(
+        f"Fashion-MNIST is not in {raw} and could not be fetched.\n"
+        f"Fix it one of two ways:\n"
+        f"  1. as root on Debian/Ubuntu: `apt-get update && apt-get install dataset-fashion-mnist` "
+        f"(files land in {debian_dir}), then rerun `make setup`;\n"
+        f"  2. on a machine with internet: `python -c \"from torchvision.datasets import FashionMNIST; "
+        f"FashionMNIST('{root}', download=True)\"`.\n"
+        + (f"apt-get said: {apt_error}\n" if apt_error else "")
+        + (f"download said: {download_error}\n" if download_error else ""))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def subset_indices(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    """Deterministic subset: the first `n` of a seeded permutation (so a larger `n` contains a smaller one)."""
+    if n is None or n <= 0 or n >= n_total:
+        return torch.arange(n_total)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n].sort().values
+
+
+def load_fashion_mnist(root: str | os.PathLike = "data", split: str = "train", n: int | None = None,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as (x float32 [N,1,28,28] in [0,1], y int64 [N]); `n` points chosen deterministically by `seed`."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not fashion_mnist_ready(root):
+        raise DataMissingError(
+            f"Fashion-MNIST is not prepared under {_raw_dir(root)} (parameter `data_root`={str(root)!r}). "
+            f"Run `make setup` (or `python -m utils.data --root {root}`) to install and decompress it.")
+    prefix = "train" if split == "train" else "t10k"
+    raw = _raw_dir(root)
+    x = torch.from_numpy(_read_idx(raw / f"{prefix}-images-idx3-ubyte").copy())
+    y = torch.from_numpy(_read_idx(raw / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+    idx = subset_indices(len(y), n, seed)
+    return x[idx].unsqueeze(1).float().div_(255.0), y[idx]
+
+
+def load_digits_28(split: str = "train", n: int | None = None, seed: int = 0,
+                   test_fraction: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits upsampled (bilinear) to [N,1,28,28] in [0,1]: a real, offline transfer target.
+
+    The 1,797 images are split train/test by a fixed seeded permutation (`test_fraction` to test), independent of `seed`
+    so that every experiment shares one test set; `seed` only picks the `n`-subset.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0, 1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
+    n_test = int(round(test_fraction * len(y)))
+    part = perm[:n_test] if split == "test" else perm[n_test:]
+    part = part[subset_indices(len(part), n, seed)]
+    return x[part], y[part]
+
+
+def load_image_folder(root: str | os.PathLike, size: int = 224, param: str = "data_root"):
+    """An ImageFolder (ImageNet layout) as a Dataset of ([3,size,size] in [0,1], label); never downloads."""
+    from torchvision import datasets, transforms
+
+    if not Path(root).is_dir():
+        raise DataMissingError(f"image folder {root} does not exist: set the parameter `{param}` to the folder that "
+                               f"holds one sub-folder per class (ImageNet layout).")
+    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
+                             transforms.ToTensor()])
+    return datasets.ImageFolder(str(root), transform=tf)
+
+
+def load_torchvision_set(name: str, root: str | os.PathLike, split: str = "train", size: int = 224):
+    """CIFAR-10/100 and other torchvision classification sets from a local root (download=False), images in [0,1]."""
+    from torchvision import datasets, transforms
+
+    classes = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+    if name not in classes:
+        raise ValueError(f"unknown transfer set {name!r}; choose one of {sorted(classes)} or 'digits'")
+    tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    try:
+        return classes[name](str(root), train=(split == "train"), download=False, transform=tf)
+    except RuntimeError as e:
+        raise DataMissingError(f"{name} not found under {root}: set `data_root` to a folder holding it "
+                               f"(torchvision layout); nothing is downloaded at run time. ({e})") from e
+
+
+def load_classification(task: str, split: str, *, data_root: str = "data", n: int | None = None, seed: int = 0):
+    """Uniform entry for the notebooks: `task` in {fashion_mnist, digits} returns tensors (x, y)."""
+    if task == "fashion_mnist":
+        return load_fashion_mnist(data_root, split, n, seed)
+    if task == "digits":
+        return load_digits_28(split, n, seed)
+    raise ValueError(f"task {task!r} has no tensor loader; use load_image_folder/load_torchvision_set for `paper`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Prepare Fashion-MNIST under <root>/FashionMNIST/raw/")
+    ap.add_argument("--root", default="data")
+    args = ap.parse_args(argv)
+    try:
+        raw = prepare_fashion_mnist(args.root)
+    except DataMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Fashion-MNIST ready in {raw}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

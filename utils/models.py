@@ -1,0 +1,141 @@
+"""Models: small ResNets for 28x28 grayscale input, normalization as a layer inside every model, classifiers built
+from an encoder and a head, and (re-exported from `utils.checkpoints`) `load_backbone` for official ResNet-50 files.
+
+Contract: every model here takes images in [0, 1] of shape [N, C, H, W]; an encoder returns pooled features [N, D]
+(attribute `feat_dim` = D); a classifier returns logits [N, K].
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Fashion-MNIST pixel statistics (train split), used by the small encoders trained here.
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the first layer of a model so that attacks work on [0, 1] images."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet for small images: 3x3 stem (no max-pool), stages of basic blocks, global average pool.
+
+    Input [N, in_chans, H, W] (already normalized), output features [N, widths[-1]]. `stage_features(x)` also returns
+    the last feature map [N, widths[-1], H/s, W/s] for dense heads.
+    """
+
+    def __init__(self, in_chans: int = 1, widths=(32, 64, 128), blocks=(1, 1, 1), stem_stride: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, stem_stride, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        layers, cin = [], widths[0]
+        for i, (w, b) in enumerate(zip(widths, blocks)):
+            for j in range(b):
+                layers.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.feat_dim = cin
+        self.out_stride = stem_stride * 2 ** (len(widths) - 1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+
+# Architectures trained here. Widths/blocks were chosen so the `cpu` profile fits its time budget on 2 cores.
+ARCHS = {
+    "resnet_micro": dict(widths=(8, 16, 32), blocks=(1, 1, 1), stem_stride=1),
+    "resnet_tiny": dict(widths=(16, 32, 64), blocks=(1, 1, 1), stem_stride=1),
+    "resnet_tiny_deep": dict(widths=(16, 32, 64), blocks=(2, 2, 2), stem_stride=1),
+    "resnet_small": dict(widths=(32, 64, 128), blocks=(1, 1, 1), stem_stride=1),
+}
+
+
+class Encoder(nn.Module):
+    """[0,1] images -> Normalize -> backbone -> pooled features [N, feat_dim]."""
+
+    def __init__(self, backbone: nn.Module, mean=FASHION_MEAN, std=FASHION_STD, normalize: bool = True):
+        super().__init__()
+        self.normalize = Normalize(mean, std) if normalize else nn.Identity()
+        self.backbone = backbone
+        self.feat_dim = backbone.feat_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Last spatial feature map [N, feat_dim, h, w] (for detection and segmentation heads)."""
+        return self.backbone.feature_map(self.normalize(x))
+
+
+def build_encoder(arch: str = "resnet_tiny", in_chans: int = 1, mean=FASHION_MEAN, std=FASHION_STD) -> Encoder:
+    """A freshly initialized encoder of a named small architecture (see `ARCHS`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)} (or load_backbone for resnet50)")
+    if in_chans != len(mean):
+        raise ValueError(f"in_chans={in_chans} but normalization has {len(mean)} channels")
+    return Encoder(SmallResNet(in_chans=in_chans, **ARCHS[arch]), mean, std)
+
+
+class Classifier(nn.Module):
+    """Encoder + linear (or any) head: [0,1] images [N,C,H,W] -> logits [N,K]. One module, ready to attack."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def check_input(x: torch.Tensor, in_chans: int, min_size: int = 8) -> None:
+    """Raise a clear error when an image batch cannot go through a backbone (wrong channels, tiny size, wrong range)."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"the backbone takes {in_chans}-channel images, got {x.shape[1]} channels "
+                         f"(shape {tuple(x.shape)}); convert the data (e.g. grayscale <-> RGB) or pick another arch")
+    if min(x.shape[2:]) < min_size:
+        raise ValueError(f"image size {tuple(x.shape[2:])} is below the backbone's minimum {min_size}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"images must lie in [0, 1] (normalization is inside the model); got range [{lo:.3g}, {hi:.3g}]")
+
+
+def load_backbone(*args, **kwargs):
+    """Load an official ResNet-50 SSL/supervised checkpoint; see `utils.checkpoints.load_backbone`."""
+    from utils.checkpoints import load_backbone as _load
+
+    return _load(*args, **kwargs)

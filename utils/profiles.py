@@ -1,0 +1,89 @@
+"""The three profiles as data: one code path, only the parameters change.
+
+`PROFILES[name]["common"]` holds knobs every notebook reads; `PROFILES[name]["NN"]` the knobs of notebook `NN`.
+`notebook_parameters(profile, "03")` is what the chain runner injects into a notebook's `parameters` cell; the
+defaults written in each notebook's `parameters` cell are the `cpu` values, so a notebook opened in JupyterLab runs
+as-is in the default profile.
+"""
+from __future__ import annotations
+
+import copy
+
+METHODS = ["supervised", "simclr", "mocov2", "byol", "swav", "dino", "barlowtwins", "vicreg"]
+SSL_METHODS = [m for m in METHODS if m != "supervised"]
+AUGMENTATIONS = ["crop", "flip", "intensity", "blur", "noise"]
+
+_COMMON = {
+    "seed": 0,
+    "data_root": "data",
+    "device": "cpu",
+}
+
+PROFILES: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "common": {**_COMMON, "methods": METHODS},
+        "01": {"arch": "resnet_micro", "n_pretrain": 512, "epochs": 1, "batch_size": 128, "lr": 1e-3,
+               "augmentations": AUGMENTATIONS, "n_probe_train": 512, "n_probe_test": 256},
+        "02": {"n_probe_train": 512, "n_test": 256, "probe_epochs": 20, "transfer_task": "digits"},
+        "03": {"n_attack": 64, "eps_linf": [0, 2 / 255, 8 / 255], "eps_l2": [0, 0.5], "steps": 3, "restarts": 1,
+               "square_queries": 20, "n_show": 3},
+        "04": {"finetune_epochs": 1, "adv_epochs": 1, "adv_eps": 2 / 255, "adv_steps": 2, "n_finetune": 256,
+               "n_attack": 64, "ref_eps": 2 / 255, "eps_linf": [0, 2 / 255, 8 / 255], "steps": 3,
+               "ablation_methods": ["simclr"], "archs": ["resnet_micro", "resnet_tiny"],
+               "epoch_checkpoints": [1], "batch_sizes": [64, 128, 256], "ablation_epochs": 1, "n_ablation": 256},
+        "05": {"canvas": 64, "n_train_scenes": 64, "n_test_scenes": 16, "det_epochs": 1, "seg_epochs": 1,
+               "eps_linf": [0, 8 / 255], "steps": 2, "batch_size": 16},
+    },
+    "cpu": {
+        "common": {**_COMMON, "methods": METHODS},
+        "01": {"arch": "resnet_tiny", "n_pretrain": 20000, "epochs": 4, "batch_size": 256, "lr": 2e-3,
+               "augmentations": AUGMENTATIONS, "n_probe_train": 5000, "n_probe_test": 2000},
+        "02": {"n_probe_train": 10000, "n_test": 2000, "probe_epochs": 100, "transfer_task": "digits"},
+        "03": {"n_attack": 1000, "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
+               "eps_l2": [0, 0.25, 0.5, 1.0, 2.0], "steps": 10, "restarts": 1, "square_queries": 200, "n_show": 4},
+        "04": {"finetune_epochs": 2, "adv_epochs": 2, "adv_eps": 4 / 255, "adv_steps": 3, "n_finetune": 5000,
+               "n_attack": 500, "ref_eps": 4 / 255, "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 10,
+               "ablation_methods": ["simclr", "barlowtwins"], "archs": ["resnet_tiny", "resnet_small"],
+               "epoch_checkpoints": [1, 2, 4], "batch_sizes": [64, 128, 256], "ablation_epochs": 2,
+               "n_ablation": 5000},
+        "05": {"canvas": 64, "n_train_scenes": 1000, "n_test_scenes": 200, "det_epochs": 3, "seg_epochs": 3,
+               "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 5, "batch_size": 32},
+    },
+    "paper": {
+        "common": {**_COMMON, "methods": METHODS, "device": "cuda", "data_root": "/datasets"},
+        "01": {"arch": "resnet50", "n_pretrain": 0, "epochs": 0, "batch_size": 256, "lr": 0.0,
+               "augmentations": AUGMENTATIONS, "n_probe_train": 50000, "n_probe_test": 10000},
+        "02": {"n_probe_train": 100000, "n_test": 50000, "probe_epochs": 100, "transfer_task": "cifar10"},
+        "03": {"n_attack": 5000, "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
+               "eps_l2": [0, 0.25, 0.5, 1.0, 2.0], "steps": 100, "restarts": 5, "square_queries": 5000,
+               "n_show": 4},
+        "04": {"finetune_epochs": 20, "adv_epochs": 10, "adv_eps": 4 / 255, "adv_steps": 10, "n_finetune": 100000,
+               "n_attack": 2000, "ref_eps": 4 / 255, "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255],
+               "steps": 50, "ablation_methods": ["mocov2", "dino"], "archs": ["resnet50", "vit_small_patch16_224"],
+               "epoch_checkpoints": [100, 200, 800], "batch_sizes": [256, 1024, 4096], "ablation_epochs": 100,
+               "n_ablation": 100000},
+        "05": {"canvas": 512, "n_train_scenes": 0, "n_test_scenes": 0, "det_epochs": 20, "seg_epochs": 20,
+               "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 20, "batch_size": 8},
+    },
+}
+
+DEFAULT_PROFILE = "cpu"
+
+
+def notebook_parameters(profile: str, notebook: str) -> dict:
+    """Parameters to inject into notebook `notebook` ("01".."05") for `profile`; includes `profile` itself."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    p = PROFILES[profile]
+    params = {"profile": profile, **copy.deepcopy(p["common"]), **copy.deepcopy(p.get(notebook, {}))}
+    return params
+
+
+def output_dirs(profile: str) -> dict[str, str]:
+    """Where a profile's results, figures, caches and executed notebooks go (relative to the repository root)."""
+    return {
+        "results_dir": f"results/{profile}",
+        "cache_dir": f"cache/{profile}",
+        "figures_dir": "figures" if profile == DEFAULT_PROFILE else f"figures/{profile}",
+        "runs_dir": f"runs/{profile}",
+    }
