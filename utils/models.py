@@ -105,7 +105,20 @@ def build_encoder(arch: str = "resnet_tiny", in_chans: int = 1, mean=FASHION_MEA
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)} (or load_backbone for resnet50)")
     if in_chans != len(mean):
         raise ValueError(f"in_chans={in_chans} but normalization has {len(mean)} channels")
-    return Encoder(SmallResNet(in_chans=in_chans, **ARCHS[arch]), mean, std)
+    enc = Encoder(SmallResNet(in_chans=in_chans, **ARCHS[arch]), mean, std)
+    enc.arch = arch  # lets a saved classifier be rebuilt from its sidecar
+    return enc
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 (16 hex) over a module's state dict: identifies the exact weights a downstream result depends on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Classifier(nn.Module):
@@ -139,3 +152,33 @@ def load_backbone(*args, **kwargs):
     from utils.checkpoints import load_backbone as _load
 
     return _load(*args, **kwargs)
+
+
+def pretrained_encoders(profile: str, methods: list[str], *, progress: bool = False, params01: dict | None = None,
+                        checkpoint_root: str | None = None) -> dict[str, tuple[nn.Module, dict]]:
+    """The eight encoders of notebook 01 for `profile`: {method: (encoder, info)}.
+
+    `smoke`/`cpu`: trained here by `utils.ssl.pretrain_or_load` with the profile's "01" parameters (a cache hit after
+    notebook 01 ran). `paper`: the official ResNet-50 files under `checkpoint_root`, read by `load_backbone`.
+    """
+    from utils.profiles import notebook_parameters, output_dirs
+
+    p = dict(params01 or notebook_parameters(profile, "01"))
+    out = {}
+    if profile == "paper":
+        from utils.checkpoints import checkpoint_path
+
+        root = checkpoint_root or p["checkpoint_root"]
+        for m in methods:
+            path = checkpoint_path(m, root)
+            out[m] = (load_backbone(m, path), {"method": m, "path": str(path), "from_cache": True})
+        return out
+    import inspect
+
+    from utils.ssl import pretrain_or_load
+
+    accepted = set(inspect.signature(pretrain_or_load).parameters)
+    kwargs = {k: v for k, v in p.items() if k in accepted and k not in ("cache_dir", "progress")}
+    for m in methods:
+        out[m] = pretrain_or_load(m, **kwargs, cache_dir=output_dirs(profile)["cache_dir"], progress=progress)
+    return out

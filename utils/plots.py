@@ -71,3 +71,22 @@ def curves_vs_eps(df: pd.DataFrame, *, x: str = "eps", y: str = "accuracy", hue:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def accuracy_bars(df: pd.DataFrame, *, y: str = "accuracy", x: str = "task", hue: str = "model",
+                  title: str | None = None, ylabel: str = "clean accuracy"):
+    """Grouped bars of accuracy per task, one bar per model (supervised in black), value printed on each bar."""
+    models = list(dict.fromkeys(df[hue]))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(models) * df[x].nunique() / 2, 3.4))
+    sns.barplot(df, x=x, y=y, hue=hue, hue_order=models, palette=method_palette(models), ax=ax)
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.2f", fontsize=7, rotation=90, padding=2)
+    lo = max(0.0, float(df[y].min()) - 0.15)
+    ax.set_ylim(lo, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("")
+    ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    if title:
+        ax.set_title(title, pad=40)
+    fig.tight_layout()
+    return fig

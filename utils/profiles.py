@@ -16,6 +16,7 @@ AUGMENTATIONS = ["crop", "flip", "intensity", "blur", "noise"]
 _COMMON = {
     "seed": 0,
     "data_root": "data",
+    "checkpoint_root": "checkpoints",  # paper profile: where the official ResNet-50 files lie
     "device": "cpu",
 }
 
@@ -50,7 +51,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 5, "batch_size": 32},
     },
     "paper": {
-        "common": {**_COMMON, "methods": METHODS, "device": "cuda", "data_root": "/datasets"},
+        "common": {**_COMMON, "methods": METHODS, "device": "cuda", "data_root": "/datasets/imagenet",
+                   "checkpoint_root": "/checkpoints"},
         "01": {"arch": "resnet50", "n_pretrain": 0, "epochs": 0, "batch_size": 256, "lr": 0.0,
                "augmentations": AUGMENTATIONS, "n_probe_train": 50000, "n_probe_test": 10000},
         "02": {"n_probe_train": 100000, "n_test": 50000, "probe_epochs": 100, "transfer_task": "cifar10"},

@@ -1,0 +1,249 @@
+"""Evaluation regimes on top of an encoder: linear probe (frozen), full fine-tuning, adversarial fine-tuning.
+
+Linear-probe recipe (identical for all eight encoders): features of the frozen encoder in eval mode (float32),
+standardized with the train features' mean/std, then multinomial logistic regression trained full-batch with L-BFGS
+(`probe_epochs` iterations, L2 weight decay `wd`). The standardization is folded into the linear layer afterwards, so the
+saved classifier is one module, encoder + head, taking [0, 1] images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from utils.models import Classifier, build_encoder, weights_digest
+from utils.results import atomic_save, atomic_write_json, param_hash
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the message names the model and the epoch, earlier results are kept."""
+
+
+def amp_context(device: str | torch.device = "cpu", enabled: bool = True):
+    """bfloat16 autocast where it pays (CPUs with bf16 matrix units, CUDA); a no-op context otherwise."""
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled and dev in ("cpu", "cuda"))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, x, batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """Features [N, D] float32 of images x [N,C,H,W] in [0,1] (or a DataLoader of (x, y)), encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out = []
+    if isinstance(x, torch.Tensor):
+        for idx in batches(len(x), batch_size):
+            out.append(encoder(x[idx].to(device)).float().cpu())
+    else:
+        for xb, _ in x:
+            out.append(encoder(xb.to(device)).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def fit_logistic_regression(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *, iters: int = 100,
+                            wd: float = 1e-4, seed: int = 0) -> nn.Linear:
+    """Multinomial logistic regression on standardized features [N, D] -> an nn.Linear(D, K) acting on RAW features
+    (the standardization is folded into its weight and bias)."""
+    mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+    z = (f_train - mean) / std
+    torch.manual_seed(seed)
+    lin = nn.Linear(z.shape[1], n_classes)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=iters, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(z), y_train) + wd * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    if not torch.isfinite(torch.as_tensor(loss)):
+        raise TrainingDivergedError(f"linear probe loss is {float(loss)}: the features contain NaN/inf or are "
+                                    f"degenerate; check the encoder")
+    head = nn.Linear(z.shape[1], n_classes)
+    with torch.no_grad():
+        head.weight.copy_(lin.weight / std)
+        head.bias.copy_(lin.bias - (lin.weight / std) @ mean)
+    return head
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x, y=None, batch_size: int = 512, device: str = "cpu") -> float:
+    """Top-1 accuracy in [0,1] of a classifier on images in [0,1] (float32 forward, eval mode)."""
+    was_training = model.training
+    model.eval().to(device)
+    correct = total = 0
+    it = ((x[i], y[i]) for i in batches(len(x), batch_size)) if isinstance(x, torch.Tensor) else x
+    for xb, yb in it:
+        correct += (model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
+        total += len(yb)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def linear_probe(encoder: nn.Module, x_train, y_train, n_classes: int, *, iters: int = 100, wd: float = 1e-4,
+                 seed: int = 0, device: str = "cpu", feature_cache: str | os.PathLike | None = None) -> Classifier:
+    """Frozen `encoder` + a logistic-regression head fitted on its features -> Classifier ([0,1] images -> logits).
+
+    `feature_cache`: a .safetensors path where the train features are stored and reused (keyed by the caller).
+    """
+    from safetensors.torch import load_file, save_file
+
+    if feature_cache is not None and Path(feature_cache).is_file():
+        f_train = load_file(str(feature_cache))["features"]
+    else:
+        f_train = extract_features(encoder, x_train, device=device)
+        if feature_cache is not None:
+            atomic_save(lambda tmp: save_file({"features": f_train.contiguous()}, tmp), feature_cache)
+    if len(f_train) != len(y_train):
+        raise ValueError(f"{len(f_train)} cached features for {len(y_train)} labels: delete {feature_cache}")
+    head = fit_logistic_regression(f_train, y_train, n_classes, iters=iters, wd=wd, seed=seed)
+    clf = Classifier(encoder, head).eval()
+    for p in clf.encoder.parameters():
+        p.requires_grad_(False)
+    return clf
+
+
+def save_classifier(clf: Classifier, path: str | os.PathLike, meta: dict) -> Path:
+    """Classifier weights as safetensors + a JSON sidecar (`meta` must say how to rebuild it: arch, n_classes)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in clf.state_dict().items()}
+    path = atomic_save(lambda tmp: save_file(state, tmp), path)
+    atomic_write_json(Path(path).with_suffix(".json"), meta)
+    return path
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Rebuild a classifier saved by `save_classifier` (small-ResNet encoders; eval mode, float32)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier {path} is missing: run notebook 02 first "
+                                f"(`python -m utils.pipeline --only 02`).")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    encoder = build_encoder(meta["arch"])
+    clf = Classifier(encoder, nn.Linear(encoder.feat_dim, meta["n_classes"]))
+    clf.load_state_dict(load_file(str(path)), strict=True)
+    return clf.eval()
+
+
+def finetune(clf: Classifier, x, y, *, epochs: int, lr: float = 1e-3, batch_size: int = 128, wd: float = 5e-4,
+             seed: int = 0, adversarial: dict | None = None, device: str = "cpu", amp: bool = True,
+             progress: bool = False, name: str = "model") -> tuple[Classifier, list[float]]:
+    """Full fine-tuning of encoder + head (AdamW, cosine schedule, bf16 autocast); returns (model, loss per epoch).
+
+    `adversarial={"eps": 4/255, "steps": 3}` turns it into PGD adversarial training (Madry et al.): each batch is
+    replaced by L-inf PGD adversarials (random start, step 2.5*eps/steps) crafted against the current model in eval
+    mode. The model is modified in place and returned in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    clf.to(device)
+    for p in clf.parameters():
+        p.requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=wd)
+    steps_total = epochs * math.ceil(len(x) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps_total, 1))
+    history = []
+    for epoch in range(epochs):
+        total, seen = 0.0, 0
+        it = list(batches(len(x), batch_size, g, shuffle=True))
+        for idx in tqdm(it, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            if adversarial:
+                xb = pgd_train_batch(clf, xb, yb, eps=adversarial["eps"], steps=adversarial["steps"], generator=g,
+                                     amp=amp, device=device)
+            clf.train()
+            with amp_context(device, amp):
+                loss = F.cross_entropy(clf(xb).float(), yb)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"{name}: loss became {loss.item()} in fine-tuning epoch {epoch + 1}; "
+                                            f"lower the learning rate (lr={lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        history.append(total / seen)
+    clf.eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    return clf, history
+
+
+def pgd_train_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                    generator: torch.Generator | None = None, amp: bool = True, device: str = "cpu") -> torch.Tensor:
+    """L-inf PGD examples for adversarial training (last iterate; training needs hard examples, not verdicts)."""
+    model.eval()
+    step = 2.5 * eps / max(steps, 1)
+    noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
+    delta = (noise * eps).requires_grad_(True)
+    for _ in range(steps):
+        with amp_context(device, amp):
+            loss = F.cross_entropy(model((x + delta).clamp(0, 1)).float(), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta += step * grad.sign()
+            delta.clamp_(-eps, eps)
+            delta.copy_((x + delta).clamp(0, 1) - x)
+    return (x + delta).detach().clamp(0, 1)
+
+
+def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.PathLike, iters: int = 100,
+                    seed: int = 0, device: str = "cpu", progress: bool = False):
+    """Linear evaluation of every encoder on every task; returns a tidy DataFrame (one row per model x task).
+
+    Each classifier is saved as `<cache_dir>/classifiers/<method>-<task>.safetensors` (+ JSON with its parameters);
+    a classifier whose sidecar matches the current parameters is reused, so a rerun after an interruption continues.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = []
+    jobs = [(m, t) for m in encoders for t in tasks]
+    for method, task in tqdm(jobs, desc="linear probes", disable=not progress):
+        encoder, info = encoders[method]
+        key = {"method": method, "task": task["task"], "encoder": weights_digest(encoder),
+               "n_train": len(task["y_train"]), "iters": iters, "seed": seed}
+        path = classifier_path(cache_dir, method, task["task"])
+        meta_path = path.with_suffix(".json")
+        t0 = time.perf_counter()
+        if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key_hash") == \
+                param_hash(key):
+            clf = load_classifier(path)
+        else:
+            clf = linear_probe(encoder, task["x_train"], task["y_train"], task["n_classes"], iters=iters, seed=seed,
+                               device=device, feature_cache=Path(cache_dir) / "features" /
+                               f"{method}-{task['task']}-{param_hash(key)}.safetensors")
+            arch = getattr(encoder, "arch", None)
+            save_classifier(clf, path, {"arch": arch, "n_classes": task["n_classes"], "method": method,
+                                        "task": task["task"], "key": key, "key_hash": param_hash(key)})
+        acc = accuracy(clf, task["x_test"], task["y_test"], device=device)
+        rows.append({"model": method, "regime": "linear", "task": task["task"], "accuracy": acc,
+                     "n": len(task["y_test"]), "n_train": len(task["y_train"]),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+    return pd.DataFrame(rows)
+
+
+def classifier_path(cache_dir: str | os.PathLike, method: str, task: str, regime: str = "linear") -> Path:
+    return Path(cache_dir) / "classifiers" / f"{method}-{task}-{regime}.safetensors"
