@@ -19,10 +19,7 @@ from torch.nn import functional as F
 
 from utils.models import Classifier, build_encoder, weights_digest
 from utils.results import atomic_save, atomic_write_json, param_hash
-
-
-class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or infinite; the message names the model and the epoch, earlier results are kept."""
+from utils.ssl import TrainingDivergedError  # one error type for every training loop
 
 
 def amp_context(device: str | torch.device = "cpu", enabled: bool = True):
@@ -247,3 +244,179 @@ def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.Pa
 
 def classifier_path(cache_dir: str | os.PathLike, method: str, task: str, regime: str = "linear") -> Path:
     return Path(cache_dir) / "classifiers" / f"{method}-{task}-{regime}.safetensors"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attack evaluation of classifiers (notebook 03 and 04): sweeps over an eps grid, cached per classifier and setting.
+
+def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, attack: str, norm: str,
+                 eps_list: list[float], steps: int, restarts: int = 1, regime: str = "linear", seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 256) -> dict:
+    """Robust accuracy of `clf` over `eps_list` for one attack, as {"rows": tidy rows, "mask": [[0/1]*n]*len(eps)}.
+
+    Cached as JSON under `<cache_dir>/attacks/` keyed by the classifier's weights, the points and the attack settings,
+    so an interrupted sweep over many models resumes at the first unfinished one.
+    """
+    from utils import attacks
+    from utils.results import cached_json
+
+    def compute():
+        torch.manual_seed(seed)
+        res = attacks.robust_accuracy(clf.to(device), x, y, eps_list=eps_list, attack=attack, norm=norm,
+                                      steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
+        rows = res.to_rows(model=model, regime=regime, task=task)
+        return {"rows": rows, "mask": res.robust_mask.to(torch.uint8).tolist()}
+
+    if cache_dir is None:
+        return compute()
+    key = {"weights": weights_digest(clf), "points": _points_digest(x, y), "attack": attack, "norm": norm,
+           "eps": list(eps_list), "steps": steps, "restarts": restarts, "seed": seed, "model": model, "task": task,
+           "regime": regime}
+    return cached_json(Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key, compute)
+
+
+def _points_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    import hashlib
+
+    h = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def transfer_sweep(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                   source_name: str, task: str, eps_list: list[float], steps: int, seed: int = 0,
+                   regime: str = "linear", device: str = "cpu") -> list[dict]:
+    """Transfer attack: L-inf PGD adversarials crafted on `source`, scored (float32 verdict) on each target.
+
+    A target point counts as robust when the target classifies the transferred adversarial correctly.
+    """
+    from utils import attacks
+
+    rows = []
+    for eps in eps_list:
+        torch.manual_seed(seed)
+        x_adv = x if eps == 0 else attacks.pgd(source, x, y, eps=eps, norm="linf", steps=steps)
+        for name, target in targets.items():
+            acc = accuracy(target, x_adv, y, device=device)
+            rows.append({"model": name, "regime": regime, "task": task, "attack": f"transfer-pgd<{source_name}",
+                         "norm": "linf", "eps": eps, "steps": steps, "restarts": 1, "accuracy": acc, "n": len(y),
+                         "flags": ""})
+    return rows
+
+
+def square_check(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, eps: float,
+                 n_queries: int, whitebox_accuracy: float, seed: int = 0, tolerance: float = 0.01) -> dict:
+    """Black-box Square attack (torchattacks, L-inf, margin loss, 1 restart) as a gradient-masking check.
+
+    Returns one tidy row; its flags contain "blackbox-beats-whitebox" when Square's robust accuracy is lower than the
+    white-box attack's on the same points by more than `tolerance` (a sign that gradients are masked).
+    """
+    import torchattacks
+
+    clf.eval()
+    atk = torchattacks.Square(clf, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1, loss="margin", seed=seed)
+    x_adv = atk(x, y)
+    with torch.no_grad():
+        robust = (clf(x_adv.float()).float().argmax(1) == y) & (clf(x).float().argmax(1) == y)
+    acc = robust.float().mean().item()
+    flags = "blackbox-beats-whitebox" if acc < whitebox_accuracy - tolerance else ""
+    return {"model": model, "regime": "linear", "task": task, "attack": "square", "norm": "linf", "eps": eps,
+            "steps": n_queries, "restarts": 1, "accuracy": acc, "n": len(y), "flags": flags}
+
+
+def bootstrap_gap(mask_ssl: torch.Tensor, mask_sup: torch.Tensor, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """Paired bootstrap over test points of acc(SSL) - acc(supervised); masks are 0/1 [n] on the same points.
+
+    Returns (gap, low, high) with a percentile interval at `level`.
+    """
+    a, b = mask_ssl.float(), mask_sup.float()
+    if a.shape != b.shape:
+        raise ValueError(f"masks must cover the same points, got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(a), (n_boot, len(a)), generator=g)
+    gaps = a[idx].mean(1) - b[idx].mean(1)
+    lo, hi = torch.quantile(gaps, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return (a.mean() - b.mean()).item(), lo, hi
+
+
+def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], settings: list[dict],
+                    *, steps: int, restarts: int, seed: int = 0, regime: str = "linear",
+                    cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False):
+    """Every classifier x every attack setting. `classifiers[(model, task)]`, `points[task] = (x, y)`,
+    `settings = [{"attack": "pgd", "norm": "linf", "eps_list": [...]}, ...]` (FGSM always runs 1 step, 1 restart).
+
+    Returns (tidy DataFrame, masks) with `masks[(model, task, attack, norm)]` a 0/1 tensor [len(eps), n].
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows, masks = [], {}
+    jobs = [(m, t, s) for (m, t) in classifiers for s in settings]
+    for model, task, s in tqdm(jobs, desc=f"attacks ({regime})", disable=not progress):
+        x, y = points[task]
+        one_step = s["attack"] == "fgsm"
+        out = attack_sweep(classifiers[(model, task)], x, y, model=model, task=task, attack=s["attack"],
+                           norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
+                           restarts=1 if one_step else restarts, regime=regime, seed=seed, cache_dir=cache_dir,
+                           device=device)
+        rows.extend(out["rows"])
+        masks[(model, task, s["attack"], s["norm"])] = torch.tensor(out["mask"], dtype=torch.uint8)
+    return pd.DataFrame(rows), masks
+
+
+def gap_table(masks: dict, eps_lists: dict[str, list[float]], *, attack: str = "pgd", supervised: str = "supervised",
+              n_boot: int = 1000, seed: int = 0):
+    """SSL-minus-supervised gap with paired bootstrap CIs for one attack: rows model, task, norm, eps, gap, lo, hi."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, atk, norm), m in masks.items():
+        if atk != attack or model == supervised:
+            continue
+        sup = masks[(supervised, task, atk, norm)]
+        for j, eps in enumerate(eps_lists[norm]):
+            gap, lo, hi = bootstrap_gap(m[j], sup[j], n_boot=n_boot, seed=seed)
+            rows.append({"model": model, "task": task, "attack": atk, "norm": norm, "eps": eps, "gap": gap,
+                         "lo": lo, "hi": hi, "n": m.shape[1]})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The three regimes of notebook 04: linear (frozen), fine-tuned, adversarially fine-tuned.
+
+def adapted_classifier(linear_path: str | os.PathLike, x, y, *, regime: str, cache_dir: str | os.PathLike,
+                       method: str, task: str, epochs: int, lr: float, batch_size: int = 128, seed: int = 0,
+                       adv_eps: float = 4 / 255, adv_steps: int = 3, device: str = "cpu",
+                       progress: bool = False) -> tuple[Classifier, dict]:
+    """Start from the linear-probe classifier of notebook 02 and fine-tune all of it (`regime="finetuned"`) or
+    adversarially fine-tune it (`regime="adv-finetuned"`: PGD L-inf `adv_eps`, `adv_steps` steps per batch).
+
+    One recipe and budget for every encoder. Cached as safetensors keyed by the starting weights, the data and the
+    recipe; returns (classifier in eval mode, info with loss history, seconds and whether it came from the cache).
+    """
+    if regime not in ("finetuned", "adv-finetuned"):
+        raise ValueError(f"regime must be 'finetuned' or 'adv-finetuned', got {regime!r}")
+    start = load_classifier(linear_path)
+    key = {"start": weights_digest(start), "points": _points_digest(x, y), "regime": regime, "epochs": epochs,
+           "lr": lr, "batch_size": batch_size, "seed": seed}
+    if regime == "adv-finetuned":
+        key.update(adv_eps=adv_eps, adv_steps=adv_steps)
+    path = classifier_path(cache_dir, method, task, regime)
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key_hash") == param_hash(key):
+            return load_classifier(path), {**meta, "from_cache": True}
+    t0 = time.perf_counter()
+    adversarial = {"eps": adv_eps, "steps": adv_steps} if regime == "adv-finetuned" else None
+    clf, history = finetune(start, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            adversarial=adversarial, device=device, progress=progress, name=f"{method}/{task}/{regime}")
+    meta = {"arch": getattr(clf.encoder, "arch", None), "n_classes": clf.head.out_features, "method": method,
+            "task": task, "regime": regime, "key": key, "key_hash": param_hash(key), "loss_history": history,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    save_classifier(clf, path, meta)
+    return clf, {**meta, "from_cache": False}
+
+
+REGIMES = ["linear", "finetuned", "adv-finetuned"]

@@ -90,3 +90,216 @@ def accuracy_bars(df: pd.DataFrame, *, y: str = "accuracy", x: str = "task", hue
         ax.set_title(title, pad=40)
     fig.tight_layout()
     return fig
+
+
+def _eps_label(eps: float, norm: str) -> str:
+    return f"{eps * 255:.0f}/255" if norm == "linf" else f"{eps:g}"
+
+
+def robust_curves_grid(df: pd.DataFrame, *, tasks: list[str], attacks: list[tuple[str, str]], title: str | None = None):
+    """Robust accuracy vs eps: rows = tasks, columns = (attack, norm) pairs; supervised dashed black."""
+    fig, axes = plt.subplots(len(tasks), len(attacks), figsize=(3.0 * len(attacks), 2.7 * len(tasks)),
+                             squeeze=False, sharey=True)
+    palette = method_palette(list(dict.fromkeys(df["model"])))
+    for r, task in enumerate(tasks):
+        for c, (attack, norm) in enumerate(attacks):
+            ax = axes[r, c]
+            sub = df[(df.task == task) & (df.attack == attack) & (df.norm == norm)]
+            for m, g in sub.groupby("model", sort=False):
+                g = g.sort_values("eps")
+                xs = g["eps"] * (255 if norm == "linf" else 1)
+                sup = m == SUPERVISED
+                ax.plot(xs, g["accuracy"], marker="o", ms=2.5, lw=2.6 if sup else 1.2, ls="--" if sup else "-",
+                        color=palette[m], label=m, zorder=3 if sup else 2)
+            steps = int(sub["steps"].iloc[0]) if len(sub) else 0
+            ax.set_title(f"{task}\n{attack} {norm}, {steps} steps", fontsize=9)
+            ax.set_xlabel("eps (x/255)" if norm == "linf" else "eps (L2)", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+        axes[r, 0].set_ylabel("robust accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0), frameon=False)
+    if title:
+        fig.suptitle(title, y=1.06)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_heatmap(df: pd.DataFrame, *, tasks: list[str], attack: str = "pgd", norm: str = "linf",
+                       title: str | None = None):
+    """Heatmaps of robust accuracy, method (rows, supervised last) x eps (columns), one panel per task."""
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = df[(df.task == task) & (df.attack == attack) & (df.norm == norm)]
+        piv = sub.pivot_table(index="model", columns="eps", values="accuracy")
+        order = [m for m in dict.fromkeys(sub["model"]) if m != SUPERVISED] + [SUPERVISED]
+        piv = piv.reindex([m for m in order if m in piv.index])
+        piv.columns = [_eps_label(e, norm) for e in piv.columns]
+        sns.heatmap(piv, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, ax=ax,
+                    annot_kws={"fontsize": 8})
+        ax.axhline(len(piv) - 1, color="white", lw=2)
+        ax.set_title(f"{task}: {attack} {norm}", fontsize=10)
+        ax.set_xlabel("eps")
+        ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def gap_with_ci(gaps: pd.DataFrame, *, title: str | None = None, col: str = "task"):
+    """SSL-minus-supervised robust accuracy gap (points) vs eps with its bootstrap CI, one line per SSL method.
+
+    `gaps` columns: model, eps, norm, gap, lo, hi and `col` (one panel per value)."""
+    cols = list(dict.fromkeys(gaps[col]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.4), squeeze=False, sharey=True)
+    palette = method_palette(list(dict.fromkeys(gaps["model"])) + [SUPERVISED])
+    for ax, cv in zip(axes[0], cols):
+        sub = gaps[gaps[col] == cv]
+        for m, g in sub.groupby("model", sort=False):
+            g = g.sort_values("eps")
+            xs = g["eps"] * (255 if g["norm"].iloc[0] == "linf" else 1)
+            ax.plot(xs, 100 * g["gap"], marker="o", ms=3, lw=1.3, color=palette[m], label=m)
+            ax.fill_between(xs, 100 * g["lo"], 100 * g["hi"], color=palette[m], alpha=0.12)
+        ax.axhline(0, color="black", lw=1.2, ls="--")
+        ax.set_title(str(cv), fontsize=10)
+        ax.set_xlabel("eps (x/255)" if sub["norm"].iloc[0] == "linf" else "eps")
+    axes[0, 0].set_ylabel("SSL − supervised (points)")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def adversarial_examples(examples: dict, classes: list[str], *, eps: float, amplify: float | None = None,
+                         title: str | None = None):
+    """Teaching grid: per model (rows) and image, the clean image, the amplified perturbation, the adversarial image,
+    with predictions. `examples[model] = {"x": [k,1,H,W], "x_adv": [k,1,H,W], "y", "pred_clean", "pred_adv"}`."""
+    models = list(examples)
+    k = len(examples[models[0]]["x"])
+    fig, axes = plt.subplots(len(models), 3 * k, figsize=(1.45 * 3 * k, 1.55 * len(models)), squeeze=False)
+    amplify = amplify or 0.5 / max(eps, 1e-8)
+    for r, m in enumerate(models):
+        e = examples[m]
+        for i in range(k):
+            x, xa = e["x"][i, 0], e["x_adv"][i, 0]
+            ok_c, ok_a = int(e["pred_clean"][i]) == int(e["y"][i]), int(e["pred_adv"][i]) == int(e["y"][i])
+            panels = [(x, classes[int(e["pred_clean"][i])], "gray_r", 0, 1, ok_c),
+                      ((xa - x) * amplify + 0.5, f"δ x{amplify:.0f}", "RdBu_r", 0, 1, None),
+                      (xa, classes[int(e["pred_adv"][i])], "gray_r", 0, 1, ok_a)]
+            for j, (img, label, cmap, lo, hi, ok) in enumerate(panels):
+                ax = axes[r, 3 * i + j]
+                ax.imshow(np.asarray(img), cmap=cmap, vmin=lo, vmax=hi)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                color = "black" if ok is None else ("tab:green" if ok else "tab:red")
+                ax.set_title(label, fontsize=7, color=color)
+        axes[r, 0].set_ylabel(m, fontsize=8, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+REGIME_ORDER = ["linear", "finetuned", "adv-finetuned"]
+
+
+def regimes_gap(df: pd.DataFrame, *, ref_eps: float, title: str | None = None):
+    """Left: SSL-minus-supervised robust-accuracy gap at `ref_eps` per SSL method, bars grouped by regime, one row per
+    task. Right: clean vs robust accuracy per regime (what robustness costs). `df`: tidy rows with a `regime` column
+    (PGD L-inf), including eps 0 (clean) and `ref_eps`."""
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.3 * len(tasks)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.6, 1]})
+    regimes = [r for r in REGIME_ORDER if r in set(df["regime"])]
+    reg_colors = dict(zip(REGIME_ORDER, sns.color_palette("Set2", 3)))
+    for r, task in enumerate(tasks):
+        sub = df[(df.task == task) & np.isclose(df.eps, ref_eps)]
+        sup = sub[sub.model == SUPERVISED].set_index("regime")["accuracy"]
+        gap = sub[sub.model != SUPERVISED].copy()
+        gap["gap"] = 100 * (gap["accuracy"] - gap["regime"].map(sup))
+        ax = axes[r, 0]
+        sns.barplot(gap, x="model", y="gap", hue="regime", hue_order=regimes, palette=reg_colors, ax=ax)
+        ax.axhline(0, color="black", lw=1)
+        ax.set_ylabel(f"SSL − supervised\n(points, eps={ref_eps * 255:.0f}/255)")
+        ax.set_xlabel("")
+        ax.set_title(task, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.legend(fontsize=8, title=None)
+        ax2 = axes[r, 1]
+        clean = df[(df.task == task) & (df.eps == 0)].set_index(["model", "regime"])["accuracy"]
+        rob = sub.set_index(["model", "regime"])["accuracy"]
+        both = pd.DataFrame({"clean": clean, "robust": rob}).dropna().reset_index()
+        for reg in regimes:
+            b = both[both.regime == reg]
+            ax2.scatter(b["clean"], b["robust"], color=reg_colors[reg], label=reg, s=28,
+                        edgecolor=["black" if m == SUPERVISED else "none" for m in b["model"]], linewidth=1.5)
+        ax2.set_xlabel("clean accuracy")
+        ax2.set_ylabel(f"robust accuracy (eps={ref_eps * 255:.0f}/255)")
+        ax2.set_title(f"{task}: the cost of robustness (black ring = supervised)", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def factor_panels(df: pd.DataFrame, *, title: str | None = None):
+    """One panel per factor: robust accuracy (solid) and clean accuracy (dotted) against the factor's levels, one colour
+    per method. `df` columns: method, factor, level, clean, robust, eps."""
+    factors = list(dict.fromkeys(df["factor"]))
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.6 * len(factors), 3.3), squeeze=False, sharey=True)
+    palette = method_palette(list(dict.fromkeys(df["method"])))
+    for ax, f in zip(axes[0], factors):
+        sub = df[df.factor == f]
+        levels = list(dict.fromkeys(sub["level"]))
+        for m, g in sub.groupby("method", sort=False):
+            g = g.set_index("level").reindex(levels)
+            ax.plot(levels, g["robust"], marker="o", color=palette[m], label=f"{m} robust")
+            ax.plot(levels, g["clean"], marker=".", ls=":", color=palette[m], label=f"{m} clean")
+        ax.set_title(f, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    eps = df["eps"].iloc[0]
+    axes[0, 0].set_ylabel(f"accuracy (robust: PGD L-inf {eps * 255:.0f}/255)")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(histories: dict[str, list[float]], *, title: str | None = None):
+    """Pretraining loss against epoch, one small panel per method (losses of different methods have different scales)."""
+    methods = list(histories)
+    cols = min(4, len(methods))
+    rows = int(np.ceil(len(methods) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False)
+    palette = method_palette(methods)
+    for ax, m in zip(axes.flat, methods):
+        h = histories[m]
+        ax.plot(range(1, len(h) + 1), h, marker="o", ms=3, color=palette[m])
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def augmented_views(x, views: list, *, title: str | None = None):
+    """Originals (first row) and augmented views (next rows). x [k,1,H,W]; views: list of [k,1,H,W] in [0,1]."""
+    k = len(x)
+    fig, axes = plt.subplots(1 + len(views), k, figsize=(1.1 * k, 1.15 * (1 + len(views))), squeeze=False)
+    for r, batch in enumerate([x, *views]):
+        for c in range(k):
+            axes[r, c].imshow(np.asarray(batch[c, 0]), cmap="gray_r", vmin=0, vmax=1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel("original" if r == 0 else f"view {r}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

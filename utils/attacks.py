@@ -1,0 +1,631 @@
+"""The attack kernel: FGSM, PGD (cross-entropy or CW margin loss), APGD-CE / APGD-DLR, and `robust_accuracy` over an
+eps grid with sanity flags.
+
+Conventions (every function here):
+- images `x`: float [N, C, H, W] in [0, 1]; labels `y`: int64 [N]; a model maps [0, 1] images to logits [N, K]
+  (normalization is a layer inside the model, see `utils.models.Normalize`).
+- `eps` is in image units: linf eps=8/255 moves each pixel by at most 8/255; l2 eps bounds the Euclidean norm of the
+  whole perturbation of one image.
+- an attack returns `x_adv` [N, C, H, W] in the eps-ball around `x` and in [0, 1]. A point fooled at ANY iterate of ANY
+  restart is returned as that fooled point; a point never fooled is returned at its highest-loss iterate.
+- "fooled" is decided in float32, whatever precision the gradient steps used (`amp`).
+- the model is attacked in eval mode with parameter gradients off; each module's train/eval mode and each parameter's
+  `requires_grad` are restored afterwards, so a model handed over in train mode comes back in train mode.
+
+Layout: losses -> ball geometry -> `_Target` (the model as the kernel sees it) -> one kernel function per attack
+(`_fgsm`, `_pgd`, `_apgd`), registered by name in `ATTACKS` -> thin public wrappers (`fgsm`, `pgd`, `apgd`, ...) ->
+`robust_accuracy` and its `RobustAccuracy` result.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import platform
+import warnings
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("linf", "l2")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+# ----------------------------------------------------------------------------------------------------------- losses
+# Per-point losses, float32 [N]; larger means closer to (or further into) misclassification.
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per point."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def _top_other(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Largest logit among the classes other than y, [N]."""
+    return logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when the point is misclassified."""
+    logits = logits.float()
+    return _top_other(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12).
+
+    z_pi1 >= z_pi2 >= z_pi3 are the sorted logits; the ratio is invariant to shifting and rescaling the logits, which
+    defeats the saturated softmax that masks cross-entropy gradients. Needs at least 3 classes.
+    """
+    logits = logits.float()
+    if logits.shape[1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use loss='ce'")
+    top = logits.topk(3, dim=1).values
+    return cw_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)  # cw_loss = -(z_y - max_{j != y} z_j)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss}
+
+
+# -------------------------------------------------------------------------------------------------- ball geometry
+
+def _norms(v: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-point norm of v [N, ...] as [N, 1, ..., 1] (broadcastable against v)."""
+    flat = v.flatten(1)
+    n = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    return n.view(-1, *([1] * (v.dim() - 1)))
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Nearest point to x_adv in the eps-ball around x (linf: clip; l2: rescale), then clipped to [0, 1].
+
+    Clipping to [0, 1] after the ball keeps the point in the ball: x lies in [0, 1], so the clip only moves each
+    coordinate towards x.
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _norms(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def _unit(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit norm: sign(g) for linf, g / ||g||_2 for l2 (0 where g is 0)."""
+    if norm == "linf":
+        return g.sign()
+    return g / _norms(g, "l2").clamp_min(1e-12)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """linf: uniform in the box; l2: uniform direction on the sphere of radius eps (as AutoAttack); then projected."""
+    if norm == "linf":
+        noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+    else:
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        noise = noise * (eps / _norms(noise, "l2").clamp_min(1e-12))
+    return project(x + noise, x, eps, norm)
+
+
+def ball_violation(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """How far each point lies outside the eps-ball or [0, 1], float32 [N] (0 when inside), checked in float32."""
+    x_adv, x = x_adv.float(), x.float()
+    over = (_norms(x_adv - x, norm).flatten() - eps).clamp_min(0)
+    out_of_range = torch.maximum((-x_adv).clamp_min(0), (x_adv - 1).clamp_min(0)).flatten(1).amax(1)
+    return torch.maximum(over, out_of_range)
+
+
+# ------------------------------------------------------------------------------------------ the model under attack
+
+def _bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays only where the hardware has bf16 arithmetic (measured: 2.5-3x on an AVX512-BF16 CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu" and platform.system() == "Linux":
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class _Target:
+    """The model as the kernels see it: per-point loss and input gradient (under bf16 autocast when `amp` says so),
+    float32 verdicts on "fooled", and the counters behind the gradient sanity flags."""
+
+    def __init__(self, model: nn.Module, amp: str = "auto", channels_last: bool = False):
+        if amp not in AMP_MODES:
+            raise ValueError(f"unknown amp {amp!r}; choose one of {AMP_MODES}")
+        self.model = model
+        self.device = _model_device(model)
+        use_bf16 = amp == "bf16" or (amp == "auto" and _bf16_supported(self.device))
+        self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        self.channels_last = channels_last
+        self.n_grads = self.n_zero_grads = self.n_nan_grads = self.n_nonfinite_logits = 0
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _count_nonfinite(self, logits: torch.Tensor) -> None:
+        self.n_nonfinite_logits += int((~torch.isfinite(logits)).any(1).sum())
+
+    def logits_fp32(self, x: torch.Tensor, count: bool = True) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(self._input(x)).float()
+        if count:
+            self._count_nonfinite(logits)
+        return logits
+
+    def wrong(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """bool [N]: the float32 model misclassifies x."""
+        return self.logits_fp32(x).argmax(1) != y
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, loss_fn, need_grad: bool = True):
+        """Loss [N] float32, input gradient [N, ...] float32 (None unless need_grad), fooled bool [N] (float32)."""
+        if not need_grad:
+            logits = self.logits_fp32(x)
+            return loss_fn(logits, y), None, logits.argmax(1) != y
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), self._autocast():
+            logits = self.model(self._input(xg))
+        self._count_nonfinite(logits.detach())
+        loss = loss_fn(logits.float(), y)
+        grad, = torch.autograd.grad(loss.sum(), xg)  # a sum: each point's gradient is its own loss's gradient
+        flat = grad.flatten(1)
+        bad = ~torch.isfinite(flat).all(1)
+        self.n_grads += len(x)
+        self.n_nan_grads += int(bad.sum())
+        self.n_zero_grads += int((flat.abs().amax(1) == 0).sum())
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # a NaN step would leave the ball
+        fooled = logits.detach().argmax(1) != y
+        if self.amp_dtype is not None and fooled.any():  # confirm low-precision verdicts in float32
+            cand = fooled.clone()
+            fooled[cand] = self.logits_fp32(x[cand], count=False).argmax(1) != y[cand]
+        return loss.detach(), grad, fooled
+
+    def flags(self) -> list[str]:
+        out = []
+        if self.n_nan_grads:
+            out.append(f"nan_grad: {self.n_nan_grads}/{self.n_grads} input gradients had NaN/inf (set to 0)")
+        if self.n_zero_grads:
+            out.append(f"zero_grad: {self.n_zero_grads}/{self.n_grads} input gradients were all zero "
+                       f"(gradient masking?)")
+        if self.n_nonfinite_logits:
+            out.append(f"nonfinite_logits: {self.n_nonfinite_logits} model outputs had NaN/inf logits")
+        return out
+
+
+@contextmanager
+def _attack_mode(model: nn.Module):
+    """Eval mode and no parameter gradients during the attack; every module's mode and every flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)  # the attack needs input gradients only
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+# -------------------------------------------------------------------------------------------------------- kernels
+# A kernel attacks one batch: kernel(target, x, y, *, eps, norm, steps, restarts, x_init, generator, **options)
+# -> (x_adv [N, ...], fooled bool [N]). Points are dropped from the working batch as soon as they are fooled.
+
+class _Record:
+    """What a kernel returns, filled as it goes: the fooling point where one was found, else the highest-loss point."""
+
+    def __init__(self, x_start: torch.Tensor):
+        self.x_adv = x_start.clone()
+        self.best_loss = torch.full((len(x_start),), float("-inf"), device=x_start.device)
+        self.fooled = torch.zeros(len(x_start), dtype=torch.bool, device=x_start.device)
+
+    def update(self, ids: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
+        """Record the iterate x of points ids; return the mask of points still to attack (not fooled)."""
+        better = loss > self.best_loss[ids]
+        self.best_loss[ids[better]] = loss[better]
+        self.x_adv[ids[better]] = x[better]
+        self.x_adv[ids[fooled]] = x[fooled]
+        self.fooled[ids[fooled]] = True
+        return ~fooled
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_adv, self.fooled
+
+
+def _keep(state: dict, keep: torch.Tensor) -> dict:
+    """Compact every per-point tensor of a kernel's state to the points in `keep` (leading dimension = points)."""
+    if bool(keep.all()):
+        return state
+    return {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+
+
+def _start(x, eps, norm, restart, x_init, random_start, generator):
+    """Restart 0 resumes from x_init when given; every other start is random (or x itself without random_start)."""
+    if restart == 0 and x_init is not None:
+        return x_init.clone()
+    return _random_start(x, eps, norm, generator) if random_start else x.clone()
+
+
+def _pgd(target: _Target, x, y, *, eps: float, norm: str = "linf", steps: int = 10, rel_step: float | None = None,
+         restarts: int = 1, random_start: bool = True, loss: str = "ce", x_init=None, generator=None):
+    """Projected gradient ascent (Madry et al. 2018) with a fixed step rel_step * eps along sign(grad) / grad/||grad||.
+
+    Each restart evaluates `steps` gradients and checks the final iterate in float32.
+    """
+    loss_fn = LOSSES[loss]
+    alpha = (2.5 / steps if rel_step is None else rel_step) * eps
+    rec = _Record(x if x_init is None else x_init)
+    for r in range(restarts):
+        ids = (~rec.fooled).nonzero().squeeze(1)
+        if len(ids) == 0:
+            break
+        s = {"ids": ids, "x0": x[ids], "y": y[ids]}
+        s["xa"] = _start(s["x0"], eps, norm, r, None if x_init is None else x_init[ids], random_start, generator)
+        for i in range(steps + 1):
+            loss_v, grad, fooled = target.evaluate(s["xa"], s["y"], loss_fn, need_grad=i < steps)
+            s["grad"] = grad
+            s = _keep(s, rec.update(s["ids"], s["xa"], loss_v, fooled))
+            if i == steps or len(s["ids"]) == 0:
+                break
+            s["xa"] = project(s["xa"] + alpha * _unit(s["grad"], norm), s["x0"], eps, norm)
+    return rec.result()
+
+
+def _fgsm(target: _Target, x, y, *, eps: float, norm: str = "linf", x_init=None, generator=None):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x (or from x_init)."""
+    return _pgd(target, x, y, eps=eps, norm=norm, steps=1, rel_step=1.0, restarts=1, random_start=False,
+                x_init=x_init, generator=generator)
+
+
+def _apgd_checkpoints(steps: int) -> tuple[int, int, int]:
+    """AutoAttack's checkpoint schedule as interval lengths: first interval 0.22*steps, each next one 0.03*steps
+    shorter, never below 0.06*steps (i.e. p_0=0, p_1=0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))."""
+    return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+
+
+def _apgd(target: _Target, x, y, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+          loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, random_start: bool = True, x_init=None,
+          generator=None):
+    """Auto-PGD (Croce & Hein 2020, `autopgd_base.py` of fra31/auto-attack): step 2*eps, momentum 0.75, and at each
+    checkpoint the step is halved and the iterate reset to the best point for every point where
+    (a) the loss increased in at most rho (0.75) of the steps since the last checkpoint, or
+    (b) the step was not halved at the last checkpoint and the best loss has not improved since.
+
+    Each restart evaluates the start point plus `steps` iterates (the last one without a gradient).
+    """
+    loss_fn = LOSSES[loss]
+    first, shrink, shortest = _apgd_checkpoints(steps)
+    rec = _Record(x if x_init is None else x_init)
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for r in range(restarts):
+        ids = (~rec.fooled).nonzero().squeeze(1)
+        if len(ids) == 0:
+            break
+        s = {"ids": ids, "x0": x[ids], "y": y[ids]}
+        s["xa"] = _start(s["x0"], eps, norm, r, None if x_init is None else x_init[ids], random_start, generator)
+        loss_v, s["grad"], fooled = target.evaluate(s["xa"], s["y"], loss_fn)
+        n = len(ids)
+        s.update(x_prev=s["xa"].clone(), x_best=s["xa"].clone(), grad_best=s["grad"].clone(),
+                 loss_best=loss_v.clone(), step=torch.full((n,), 2.0 * eps, device=x.device),
+                 hist=torch.zeros(n, steps + 1, device=x.device),  # hist[:, i] = loss at iterate i
+                 best_at_check=loss_v.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device))
+        s["hist"][:, 0] = loss_v
+        s = _keep(s, rec.update(s["ids"], s["xa"], loss_v, fooled))
+        interval, since_check = first, 0
+        for i in range(steps):
+            if len(s["ids"]) == 0:
+                break
+            a = momentum if i > 0 else 1.0
+            xa, x0 = s["xa"], s["x0"]
+            z = project(xa + s["step"].view(view) * _unit(s["grad"], norm), x0, eps, norm)
+            s["x_prev"], s["xa"] = xa, project(xa + a * (z - xa) + (1 - a) * (xa - s["x_prev"]), x0, eps, norm)
+            last = i == steps - 1
+            loss_v, grad, fooled = target.evaluate(s["xa"], s["y"], loss_fn, need_grad=not last)
+            s["hist"][:, i + 1] = loss_v
+            improved = loss_v > s["loss_best"]
+            s["loss_best"] = torch.where(improved, loss_v, s["loss_best"])
+            s["x_best"][improved] = s["xa"][improved]
+            if not last:
+                s["grad"] = grad
+                s["grad_best"][improved] = grad[improved]
+            s = _keep(s, rec.update(s["ids"], s["xa"], loss_v, fooled))
+            since_check += 1
+            if since_check == interval and not last:
+                h = s["hist"][:, i + 1 - interval: i + 2]
+                increases = (h[:, 1:] > h[:, :-1]).sum(1)
+                halve = (increases <= rho * interval) | (~s["halved_at_check"] & (s["best_at_check"] >= s["loss_best"]))
+                s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+                s["xa"][halve] = s["x_best"][halve]
+                s["grad"][halve] = s["grad_best"][halve]
+                s["halved_at_check"], s["best_at_check"] = halve, s["loss_best"].clone()
+                since_check, interval = 0, max(interval - shrink, shortest)
+    return rec.result()
+
+
+# Dispatch by name; each entry is a kernel (see above). `cw` is PGD on the CW margin loss.
+ATTACKS: dict[str, Callable] = {
+    "fgsm": _fgsm,
+    "pgd": _pgd,
+    "cw": functools.partial(_pgd, loss="cw"),
+    "apgd-ce": functools.partial(_apgd, loss="ce"),
+    "apgd-dlr": functools.partial(_apgd, loss="dlr"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ input checking
+
+def _choice(value, options, what: str):
+    if value not in options:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(options)}")
+    return value
+
+
+def _check_eps(eps) -> float:
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite radius >= 0 in image units (e.g. 8/255 for linf), got {eps}")
+    return eps
+
+
+def _check_images(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor of images [N, C, H, W] in [0, 1], got "
+                         f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError(f"images must lie in [0, 1], got range [{float(x.min()):.3g}, {float(x.max()):.3g}]; pass "
+                         f"unnormalized images and put the normalization inside the model (utils.models.Normalize)")
+    if y is not None and (y.dim() != 1 or len(y) != len(x)):
+        raise ValueError(f"y must be int64 labels [N] with N = len(x) = {len(x)}, got shape {tuple(y.shape)}")
+
+
+def _check_options(norm: str, steps: int, restarts: int, rel_step: float | None = None, loss: str | None = None,
+                   loss_options=LOSSES) -> None:
+    _choice(norm, NORMS, "norm")
+    if loss is not None:
+        _choice(loss, loss_options, "loss")
+    if int(steps) < 1 or int(restarts) < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    if rel_step is not None and not rel_step > 0:
+        raise ValueError(f"rel_step (step size as a fraction of eps) must be > 0, got {rel_step}")
+
+
+def _warn_flags(target: _Target, x_adv, x, eps, norm) -> None:
+    flags = target.flags() + _ball_flags(x_adv, x, eps, norm)
+    if flags:
+        warnings.warn("attack sanity flags: " + "; ".join(flags), RuntimeWarning, stacklevel=3)
+
+
+def _ball_flags(x_adv, x, eps, norm, tol: float = 1e-5) -> list[str]:
+    excess = ball_violation(x_adv, x, eps, norm)
+    bad = excess > tol * max(eps, 1.0)
+    if bad.any():
+        return [f"outside_ball: {int(bad.sum())} points outside the {norm} ball eps={eps:.4g} or [0, 1] "
+                f"(by up to {float(excess.max()):.2e})"]
+    return []
+
+
+def _run_public(kernel, model, x, y, *, eps, norm, amp, seed, **options) -> torch.Tensor:
+    """Shared body of the public attack functions: check inputs, freeze the model, run one kernel, warn on flags."""
+    eps = _check_eps(eps)
+    _check_images(x, y)
+    target = _Target(model, amp)
+    x, y = x.to(target.device), y.to(target.device)
+    if eps == 0:
+        return x.clone()
+    generator = None if seed is None else torch.Generator(target.device).manual_seed(seed)
+    with _attack_mode(model):
+        x_adv, _ = kernel(target, x, y, eps=eps, norm=norm, generator=generator, **options)
+    _warn_flags(target, x_adv, x, eps, norm)
+    return x_adv
+
+
+# ---------------------------------------------------------------------------------------------- public attacks
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", amp: str = "auto",
+         seed: int | None = None) -> torch.Tensor:
+    """FGSM: one step of size eps along sign(grad) (linf) or grad/||grad|| (l2) of the cross-entropy. -> x_adv."""
+    _check_options(norm, 1, 1)
+    return _run_public(_fgsm, model, x, y, eps=eps, norm=norm, amp=amp, seed=seed)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 10,
+        rel_step: float | None = None, restarts: int = 1, random_start: bool = True, loss: str = "ce",
+        amp: str = "auto", seed: int | None = None) -> torch.Tensor:
+    """PGD with `restarts` random starts of `steps` steps of size rel_step * eps (default rel_step = 2.5 / steps).
+
+    x [N, C, H, W] in [0, 1], y int64 [N]; loss "ce" (cross-entropy) or "cw" (margin). Returns x_adv [N, C, H, W]:
+    the first fooling iterate found, else the highest-loss iterate; inside the eps-ball and [0, 1].
+    """
+    _check_options(norm, steps, restarts, rel_step, loss, ("ce", "cw"))
+    return _run_public(_pgd, model, x, y, eps=eps, norm=norm, amp=amp, seed=seed, steps=int(steps),
+                       rel_step=rel_step, restarts=int(restarts), random_start=random_start, loss=loss)
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 100,
+         restarts: int = 1, loss: str = "ce", amp: str = "auto", seed: int | None = None) -> torch.Tensor:
+    """APGD with AutoAttack's checkpoint step-size schedule and momentum; loss "ce" or "dlr". Same contract as `pgd`."""
+    _check_options(norm, steps, restarts, None, loss, ("ce", "dlr"))
+    return _run_public(_apgd, model, x, y, eps=eps, norm=norm, amp=amp, seed=seed, steps=int(steps),
+                       restarts=int(restarts), loss=loss)
+
+
+def apgd_ce(model, x, y, **kwargs) -> torch.Tensor:
+    """APGD on the cross-entropy loss; see `apgd`."""
+    return apgd(model, x, y, loss="ce", **kwargs)
+
+
+def apgd_dlr(model, x, y, **kwargs) -> torch.Tensor:
+    """APGD on the DLR loss (needs >= 3 classes); see `apgd`."""
+    return apgd(model, x, y, loss="dlr", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ robust accuracy
+
+class RobustAccuracy(dict):
+    """{eps: robust accuracy in [0, 1]} (eps ascending) plus how it was measured.
+
+    Attributes: `flags` list[str] (empty when every sanity check passed), `n` points, `attack`, `norm`, `steps`,
+    `restarts`, `eps` (the grid, ascending), `robust_mask` bool [len(eps), n] (point i still correctly classified at
+    eps j, input order), `x_adv` {eps: float32 [n, C, H, W] on the CPU} (only the eps asked for via `return_adv`).
+    """
+
+    def __init__(self, accuracies: dict, *, flags: list[str], n: int, attack: str, norm: str, steps: int,
+                 restarts: int, robust_mask: torch.Tensor, x_adv: dict | None = None):
+        super().__init__(accuracies)
+        self.flags, self.n, self.attack, self.norm = list(flags), n, attack, norm
+        self.steps, self.restarts, self.robust_mask = steps, restarts, robust_mask
+        self.eps = list(accuracies)
+        self.x_adv = x_adv or {}
+
+    def to_rows(self, **extra) -> list[dict]:
+        """Tidy rows, one per eps: attack, norm, eps, steps, restarts, accuracy, n, flags (joined by ';'), **extra."""
+        flags = ";".join(self.flags)
+        return [{"attack": self.attack, "norm": self.norm, "eps": eps, "steps": self.steps,
+                 "restarts": self.restarts, "accuracy": acc, "n": self.n, "flags": flags, **extra}
+                for eps, acc in self.items()]
+
+    def __repr__(self) -> str:
+        accs = ", ".join(f"{eps:.4g}: {acc:.4f}" for eps, acc in self.items())
+        return (f"RobustAccuracy({self.attack}/{self.norm}, steps={self.steps}, restarts={self.restarts}, "
+                f"n={self.n}, {{{accs}}}, flags={self.flags})")
+
+
+def _chunks(x, y, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) tensors or an iterable of (x, y) batches (e.g. a DataLoader), regrouped into chunks of batch_size so
+    the numbers do not depend on how the loader batches."""
+    if isinstance(x, torch.Tensor):
+        if y is None:
+            raise ValueError("pass labels y with image tensors x (or pass a DataLoader of (x, y) batches as x)")
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    if y is not None:
+        raise ValueError("pass either tensors (x, y) or a DataLoader as x with y=None, not both")
+    xs, ys, held = [], [], 0
+    for batch in x:
+        xb, yb = batch[0], batch[1]
+        xs.append(xb)
+        ys.append(yb)
+        held += len(xb)
+        while held >= batch_size:
+            xa, ya = torch.cat(xs), torch.cat(ys)
+            yield xa[:batch_size], ya[:batch_size]
+            xs, ys, held = [xa[batch_size:]], [ya[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(xs), torch.cat(ys)
+
+
+def _attack_chunk(target, kernel, x, y, eps_grid, norm, options, keep_adv, generator):
+    """One chunk through the eps grid. Returns robust bool [len(eps_grid), n], {eps: x_adv}, flags."""
+    robust = ~target.wrong(x, y)
+    best = x.clone()  # per point: its fooling point once fooled, else its highest-loss point so far
+    masks, advs, flags, prev = [], {}, [], 0.0
+    for eps in eps_grid:
+        if eps > 0:
+            ids = robust.nonzero().squeeze(1)
+            if len(ids):
+                # the smaller ball lies inside this one: resume from the best point found there
+                x_init = best[ids] if prev > 0 else None
+                x_adv, fooled = kernel(target, x[ids], y[ids], eps=eps, norm=norm, x_init=x_init,
+                                       generator=generator, **options)
+                flags += _ball_flags(x_adv, x[ids], eps, norm)
+                best[ids] = x_adv
+                robust[ids[fooled]] = False
+            prev = eps
+        masks.append(robust.clone())
+        if eps in keep_adv:
+            advs[eps] = best.float().cpu()
+    return torch.stack(masks), advs, flags
+
+
+def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_list: Sequence[float],
+                    attack: str = "pgd", norm: str = "linf", steps: int = 10, restarts: int = 1,
+                    batch_size: int = 256, amp: str = "auto", channels_last: bool = False,
+                    return_adv: bool | str = False, seed: int | None = 0, progress: bool = False,
+                    **attack_kwargs) -> RobustAccuracy:
+    """Robust accuracy of `model` on (x [N, C, H, W] in [0, 1], y int64 [N]) — or a DataLoader of such batches passed
+    as `x` — under `attack` at each eps of `eps_list` (image units; 0 gives the clean accuracy).
+
+    The grid is attacked in ascending order; at a larger eps only the points that survived the smaller one are
+    attacked, resuming from their best point so far (a point fooled in a smaller ball is fooled in every larger one),
+    so accuracy cannot rise with eps. Points leave the working batch the moment they are fooled; "fooled" is decided in
+    float32 even when the steps run in bfloat16 (`amp`: "auto" = bf16 where the hardware supports it, "bf16", "off").
+    `attack` is a key of `ATTACKS`; `steps`/`restarts` are ignored by "fgsm" (recorded as 1); further keyword options
+    go to the attack (e.g. rel_step, random_start). `return_adv`: False, True (keep the adversarial images at the
+    largest eps) or "all" (every eps) in `result.x_adv`. `seed` fixes the random starts (None: global RNG).
+    The model is attacked in eval mode and returned in the mode it came in. Returns a `RobustAccuracy`.
+    """
+    kernel = ATTACKS[_choice(attack, ATTACKS, "attack")]
+    if attack == "fgsm":
+        steps, restarts = 1, 1
+    _check_options(norm, steps, restarts, attack_kwargs.get("rel_step"), attack_kwargs.get("loss"))
+    if isinstance(eps_list, (int, float)):
+        eps_list = [eps_list]
+    eps_grid = sorted({_check_eps(e) for e in eps_list})
+    if not eps_grid:
+        raise ValueError("eps_list is empty; pass radii such as [0, 2/255, 8/255]")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if return_adv not in (False, True, "all"):
+        raise ValueError(f"return_adv must be False, True (largest eps) or 'all', got {return_adv!r}")
+    keep_adv = set(eps_grid) if return_adv == "all" else ({eps_grid[-1]} if return_adv else set())
+    options = dict(attack_kwargs)
+    if attack != "fgsm":
+        options.update(steps=int(steps), restarts=int(restarts))
+
+    target = _Target(model, amp, channels_last)
+    generator = None if seed is None else torch.Generator(target.device).manual_seed(seed)
+    masks, advs, flags = [], {e: [] for e in keep_adv}, []
+    chunks = _chunks(x, y, int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc=f"{attack} {norm}", unit="batch")
+    with _attack_mode(model):
+        for xb, yb in chunks:
+            _check_images(xb, yb)
+            xb, yb = xb.to(target.device, torch.float32), yb.to(target.device)
+            mask, adv, chunk_flags = _attack_chunk(target, kernel, xb, yb, eps_grid, norm, options, keep_adv,
+                                                   generator)
+            masks.append(mask.cpu())
+            flags += chunk_flags
+            for e, a in adv.items():
+                advs[e].append(a)
+    if not masks:
+        raise ValueError("no images to attack: x is empty")
+    robust_mask = torch.cat(masks, dim=1)
+    accs = {eps: float(robust_mask[j].float().mean()) for j, eps in enumerate(eps_grid)}
+    flags = target.flags() + sorted(set(flags)) + _monotonicity_flags(accs)
+    result = RobustAccuracy(accs, flags=flags, n=robust_mask.shape[1], attack=attack, norm=norm, steps=int(steps),
+                            restarts=int(restarts), robust_mask=robust_mask,
+                            x_adv={e: torch.cat(a) for e, a in advs.items()})
+    if flags:
+        warnings.warn(f"robust_accuracy({attack}/{norm}) sanity flags: " + "; ".join(flags), RuntimeWarning,
+                      stacklevel=2)
+    return result
+
+
+def _monotonicity_flags(accs: dict) -> list[str]:
+    """Robust accuracy must not rise with eps (the smaller ball lies inside the larger one)."""
+    eps = list(accs)
+    return [f"accuracy_rises: {accs[b]:.4f} at eps={b:.4g} > {accs[a]:.4f} at eps={a:.4g}"
+            for a, b in zip(eps, eps[1:]) if accs[b] > accs[a]]
