@@ -137,7 +137,8 @@ _FB = "https://dl.fbaipublicfiles.com"
 
 _ROWS = [
     CheckpointSpec(
-        "supervised", "Supervised", "resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "supervised", "Supervised", "resnet50-0676ba61.pth",
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
         (PLAIN,), sha256="0676ba61", linear_top1=76.1,
         notes="torchvision IMAGENET1K_V1; flat dict incl. fc (classifier, dropped). sha256 is the prefix torchvision "
               "puts in the file name."),
@@ -162,7 +163,8 @@ _ROWS = [
                           ("module.momentum_encoder.", "module.predictor.")),),
         linear_top1=74.6, notes="1000 epochs; keeps base_encoder minus its projector base_encoder.fc"),
     CheckpointSpec(
-        "simsiam", "SimSiam", "simsiam_checkpoint_0099.pth.tar", f"{_FB}/simsiam/models/100ep/pretrain/checkpoint_0099.pth.tar",
+        "simsiam", "SimSiam", "simsiam_checkpoint_0099.pth.tar",
+        f"{_FB}/simsiam/models/100ep/pretrain/checkpoint_0099.pth.tar",
         (CheckpointLayout("full", ("state_dict",), ("module.encoder.",), ("module.predictor.",)),),
         notes="100 epochs; downloaded as checkpoint_0099.pth.tar, save it as simsiam_checkpoint_0099.pth.tar; keeps "
               "encoder minus its projector encoder.fc",
@@ -178,7 +180,8 @@ _ROWS = [
               "with TF 'SAME' padding (~4 points of top-1 if ignored)"),
     CheckpointSpec(
         "swav", "SwAV", "swav_800ep_pretrain.pth.tar", f"{_FB}/deepcluster/swav_800ep_pretrain.pth.tar",
-        (CheckpointLayout("full", ("state_dict",), ("module.",), ("module.projection_head.", "module.prototypes")),),
+        (CheckpointLayout("full", (), ("module.",), ("module.projection_head.", "module.prototypes")),
+         CheckpointLayout("training", ("state_dict",), ("module.",), ("module.projection_head.", "module.prototypes"))),
         linear_top1=75.3, notes="800 epochs, multi-crop; flat dict with module.* incl. projection head and prototypes"),
     CheckpointSpec(
         "dino", "DINO", "dino_resnet50_pretrain.pth",
@@ -248,18 +251,25 @@ def checkpoint_path(method: str, root: str | os.PathLike | None) -> Path:
     if root is None or str(root) == "":
         raise CheckpointNotFoundError(
             f"checkpoint_root is not set, so the {spec.display_name} checkpoint cannot be found: set the "
-            f"`checkpoint_root` parameter to the folder holding {spec.file_name} (download it from {spec.url}).")
+            f"`checkpoint_root` parameter to the folder holding {spec.file_name} ({_how_to_get(spec)}).")
     root = Path(root).expanduser()
     for candidate in (root / safe_name, root / spec.file_name):
         if candidate.is_file():
             return candidate
     where = "does not exist" if not root.is_dir() else "does not contain it"
-    how = spec.conversion or f"download it from {spec.url}"
+    how = _how_to_get(spec)
     raise CheckpointNotFoundError(
         f"no {spec.display_name} checkpoint under checkpoint_root={str(root)!r} (the folder {where}): expected "
-        f"{root / spec.file_name} or {safe_name}. {how[0].upper() + how[1:]}"
-        f"{f' ({spec.notes})' if 'save it as' in spec.notes else ''}, or point the `checkpoint_root` parameter at the "
-        f"folder that holds it.")
+        f"{root / spec.file_name} or {safe_name}. {how[0].upper() + how[1:]}, or point the `checkpoint_root` "
+        f"parameter at the folder that holds it.")
+
+
+def _how_to_get(spec: CheckpointSpec) -> str:
+    if spec.conversion:
+        return spec.conversion
+    published = spec.url.rsplit("/", 1)[-1]
+    rename = f" and save it as {spec.file_name}" if published != spec.file_name else ""
+    return f"download it from {spec.url}{rename}"
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -310,7 +320,7 @@ def _read(path: Path, spec: CheckpointSpec) -> object:
                 f"{path} could not be read safely ({reason}): it is corrupt or truncated (compare its sha256 with "
                 f"the source) or not a plain PyTorch checkpoint; treat it as untrusted. Nothing was run.") from None
         what = f"it references {found.group(1)}"
-        how = (f"{spec.conversion[0].upper()}{spec.conversion[1:]}. " if spec.conversion else "") + (
+        how = (f"If it is the original published file: {spec.conversion}. " if spec.conversion else "") + (
             "If, and only if, you trust where the file came from (e.g. it is the published file from "
             f"{spec.url} and its sha256 matches), convert it once to safetensors:\n"
             f"    from utils.checkpoints import convert_to_safetensors\n"
@@ -410,7 +420,7 @@ def _match(obj, layout: CheckpointLayout, target: Mapping[str, torch.Tensor]) ->
     """Map `obj` through `layout` onto the model's state dict `target` (only names and shapes are compared)."""
     inner = _descend(obj, layout.container)
     if not isinstance(inner, Mapping):
-        top = list(obj) if isinstance(obj, Mapping) else [type(obj).__name__]
+        top = [str(k) for k in obj] if isinstance(obj, Mapping) else [type(obj).__name__]
         return _Match(layout, {}, [k for k in target if not k.endswith(OPTIONAL_SUFFIX)], top, [], [], True)
     state, unexpected, dropped = {}, [], []
     for raw, value in inner.items():
@@ -447,14 +457,17 @@ def _key_error(path: Path, spec: CheckpointSpec, arch: str, obj, target, best: _
             for m in [_best_match(obj, s, target)[0]] if m.ok]
     lines = [f"{path} does not hold a {spec.display_name} {arch} in any layout known for method={spec.method!r}.",
              f"Closest layout {best.layout.describe()}"]
-    if best.no_container:
+    if best.no_container and not best.layout.container:
+        lines.append(f"  the file holds a {best.unexpected[0]}, not a dict of tensors")
+    elif best.no_container:
         lines.append(f"  the file has no {'/'.join(best.layout.container)!r} entry; its top-level keys: "
                      f"{_preview(best.unexpected)}")
     else:
         if best.missing:
             lines.append(f"  {len(best.missing)} missing keys: {_preview(best.missing)}")
         if best.unexpected:
-            lines.append(f"  {len(best.unexpected)} unexpected keys (as named in the file): {_preview(best.unexpected)}")
+            lines.append(f"  {len(best.unexpected)} unexpected keys (as named in the file): "
+                         f"{_preview(best.unexpected)}")
         if best.mismatched:
             lines.append(f"  {len(best.mismatched)} keys with the wrong shape: {_preview(best.mismatched, 4)}")
     for other in tried:
@@ -468,10 +481,10 @@ def _key_error(path: Path, spec: CheckpointSpec, arch: str, obj, target, best: _
                      f"(each method also sets its own input normalization).")
     else:
         lines.append("It fits no known method's layout.")
-    lines.append(f"Wrong file? The {spec.display_name} checkpoint is {spec.file_name} from {spec.url}"
-                 f"{' (' + spec.conversion + ')' if spec.conversion else ''}; a truncated download fails its sha256. "
-                 + (f"Keys with the wrong shape usually mean the wrong arch (got arch={arch!r})."
-                    if best.mismatched else ""))
+    lines.append(f"Wrong file? The {spec.display_name} checkpoint is {spec.file_name}: {_how_to_get(spec)}; a "
+                 f"truncated download fails its sha256.")
+    if best.mismatched:
+        lines.append(f"Keys with the wrong shape usually mean the wrong arch (got arch={arch!r}).")
     return CheckpointKeyError("\n".join(lines), best.missing, best.unexpected, best.mismatched)
 
 
@@ -501,9 +514,9 @@ class ResNetTrunk(nn.Module):
 
 
 def _use_tf_same_padding(net: nn.Module) -> None:
-    """Swap stride-2 convolutions (kernel > 1) and max-pools for TensorFlow "SAME" versions (pad 0 left, 1 right on
-    even inputs instead of 1/1), in place; parameter names and values are unchanged. Stride-1 and 1x1 layers already
-    pad the same way in both frameworks."""
+    """Swap stride-2 convolutions (kernel > 1) and max-pools for TensorFlow "SAME" versions, in place: on even sizes
+    they pad 2/3 (left/right) instead of 3/3 for the 7x7 stem and 0/1 instead of 1/1 for 3x3 layers. Parameter names
+    and values are unchanged; stride-1 and 1x1 layers already pad the same way in both frameworks."""
     from timm.layers import Conv2dSame
     from timm.layers.pool2d_same import MaxPool2dSame
 
@@ -555,7 +568,7 @@ def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", 
     if path.is_dir():
         path = checkpoint_path(spec.method, path)
     if not path.is_file():
-        how = spec.conversion or f"download it from {spec.url}"
+        how = _how_to_get(spec)
         raise CheckpointNotFoundError(
             f"{spec.display_name} checkpoint {path} does not exist: {how}, or pass the folder holding "
             f"{spec.file_name} as `checkpoint_root`.")
