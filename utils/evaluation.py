@@ -257,12 +257,12 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
     Cached as JSON under `<cache_dir>/attacks/` keyed by the classifier's weights, the points and the attack settings,
     so an interrupted sweep over many models resumes at the first unfinished one.
     """
-    from utils import attacks
+    from utils.evaluate import sharded_robust_accuracy
     from utils.results import cached_json
 
     def compute():
-        torch.manual_seed(seed)
-        res = attacks.robust_accuracy(clf.to(device), x, y, eps_list=eps_list, attack=attack, norm=norm,
+        # sharded across torch.distributed ranks when launched by torchrun; the same numbers in one process
+        res = sharded_robust_accuracy(clf.to(device), x, y, eps_list=eps_list, attack=attack, norm=norm,
                                       steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
         rows = res.to_rows(model=model, regime=regime, task=task)
         return {"rows": rows, "mask": res.robust_mask.to(torch.uint8).tolist()}
@@ -338,6 +338,20 @@ def bootstrap_gap(mask_ssl: torch.Tensor, mask_sup: torch.Tensor, n_boot: int = 
     gaps = a[idx].mean(1) - b[idx].mean(1)
     lo, hi = torch.quantile(gaps, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
     return (a.mean() - b.mean()).item(), lo, hi
+
+
+def attack_inputs(params: dict, cache_dir: str | os.PathLike):
+    """What notebook 03 attacks, built from its parameters: (classifiers {(model, task)}, points {task: (x, y)},
+    settings). Shared by the notebook and the torchrun command (`utils.evaluate`), so both run the same grid."""
+    from utils import data
+
+    tasks = [params.get("task", "fashion_mnist"), params["transfer_task"]]
+    points = {t: data.load_classification(t, "test", data_root=params["data_root"], n=params["n_attack"],
+                                          seed=params["seed"]) for t in tasks}
+    classifiers = {(m, t): load_classifier(classifier_path(cache_dir, m, t)) for m in params["methods"] for t in tasks}
+    settings = [{"attack": a, "norm": "linf", "eps_list": params["eps_linf"]} for a in params["linf_attacks"]] + \
+               [{"attack": a, "norm": "l2", "eps_list": params["eps_l2"]} for a in params["l2_attacks"]]
+    return classifiers, points, settings
 
 
 def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], settings: list[dict],

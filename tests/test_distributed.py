@@ -1,0 +1,57 @@
+"""torchrun with 2 CPU processes (gloo) gives exactly the single-process robust accuracies."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from utils.evaluate import sharded_robust_accuracy
+from utils.models import Classifier, build_encoder
+
+SCRIPT = r'''
+import json, sys, torch
+from utils.evaluate import init_distributed, sharded_robust_accuracy
+from utils.models import Classifier, build_encoder
+torch.set_num_threads(1)
+rank, size = init_distributed()
+torch.manual_seed(0)
+enc = build_encoder("resnet_micro")
+model = Classifier(enc, torch.nn.Linear(enc.feat_dim, 10)).eval()
+g = torch.Generator().manual_seed(1)
+x = torch.rand(101, 1, 28, 28, generator=g)
+y = model(x).argmax(1)  # every point starts correctly classified, so the attack has work to do
+res = sharded_robust_accuracy(model, x, y, eps_list=[0, 0.01, 0.03], attack="pgd", steps=3, batch_size=16, seed=7)
+if rank == 0:
+    json.dump({"acc": {str(k): v for k, v in res.items()}, "mask": res.robust_mask.int().tolist(), "world": size,
+               "n": res.n}, open(sys.argv[1], "w"))
+'''
+
+
+def _single_process():
+    torch.manual_seed(0)
+    enc = build_encoder("resnet_micro")
+    model = Classifier(enc, torch.nn.Linear(enc.feat_dim, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(101, 1, 28, 28, generator=g)
+    y = model(x).argmax(1)
+    return sharded_robust_accuracy(model, x, y, eps_list=[0, 0.01, 0.03], attack="pgd", steps=3, batch_size=16,
+                                   seed=7)
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    script, out = tmp_path / "dist_eval.py", tmp_path / "out.json"
+    script.write_text(SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(script), str(out)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    dist = json.loads(out.read_text())
+    single = _single_process()
+    assert dist["world"] == 2 and dist["n"] == 101 == single.n  # 101 points: not divisible by the world size
+    assert dist["mask"] == single.robust_mask.int().tolist()
+    assert {float(k): v for k, v in dist["acc"].items()} == dict(single)
+    # the attack did something, so equality is not trivial
+    assert single[0.0] == 1.0 and single[0.03] < single[0.0]
