@@ -92,10 +92,24 @@ class Encoder(nn.Module):
         self.feat_dim = backbone.feat_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_shape(x)
         return self.backbone(self.normalize(x))
+
+    def _check_shape(self, x: torch.Tensor) -> None:
+        # shape only (no data access, so no cost): a wrong channel count otherwise fails deep inside a conv
+        chans = getattr(self.normalize, "mean", None)
+        want = chans.shape[1] if chans is not None else None
+        if x.dim() != 4 or (want is not None and x.shape[1] != want):
+            raise ValueError(f"this encoder takes images [N, {want}, H, W] in [0, 1], got shape {tuple(x.shape)}; "
+                             f"convert the data (grayscale <-> RGB) or pick a backbone built for "
+                             f"{x.shape[1] if x.dim() == 4 else '?'} channels")
+        if min(x.shape[2:]) < 8:
+            raise ValueError(f"image size {tuple(x.shape[2:])} is too small for this backbone (minimum 8x8); "
+                             f"upsample the images")
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Last spatial feature map [N, feat_dim, h, w] (for detection and segmentation heads)."""
+        self._check_shape(x)
         return self.backbone.feature_map(self.normalize(x))
 
 

@@ -25,8 +25,11 @@ def _canonical(obj: Any) -> Any:
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
         return [_canonical(v) for v in obj]
+    if isinstance(obj, bool):
+        return obj
     if isinstance(obj, float):
-        return float(f"{obj:.12g}")  # 8/255 computed two ways hashes the same
+        v = float(f"{obj:.12g}")  # 8/255 computed two ways hashes the same
+        return int(v) if v.is_integer() else v  # and 0 == 0.0
     if isinstance(obj, Path):
         return str(obj)
     return obj
