@@ -41,8 +41,8 @@ def _bernoulli(n: int, p: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _geometry(x: torch.Tensor, crop: bool, flip: bool, crop_scale: tuple[float, float],
-              g_crop: torch.Generator, g_flip: torch.Generator) -> torch.Tensor:
-    """Random resized crop and/or horizontal flip as one affine resampling of the whole batch."""
+              g_crop: torch.Generator, g_flip: torch.Generator, out_size: int | None) -> torch.Tensor:
+    """Random resized crop and/or horizontal flip (and the resize to out_size) as one affine resampling."""
     n = x.shape[0]
     sx = torch.ones(n)
     sy = torch.ones(n)
@@ -59,7 +59,7 @@ def _geometry(x: torch.Tensor, crop: bool, flip: bool, crop_scale: tuple[float, 
         ty = (2 * torch.rand(n, generator=g_crop) - 1) * (1 - sy)
     if flip:
         flips = _bernoulli(n, 0.5, g_flip)
-        if not crop:
+        if not crop and out_size is None:
             # exact pixel flip, no resampling blur
             return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         sx = torch.where(flips, -sx, sx)
@@ -68,7 +68,8 @@ def _geometry(x: torch.Tensor, crop: bool, flip: bool, crop_scale: tuple[float, 
     theta[:, 0, 2] = tx
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    size = [n, x.shape[1], out_size or x.shape[2], out_size or x.shape[3]]
+    grid = F.affine_grid(theta.to(x.dtype), size, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -112,11 +113,12 @@ def _noise(x: torch.Tensor, p: float, sigma: float, g: torch.Generator) -> torch
 def make_augment(families: Sequence[str], *, crop_scale: tuple[float, float] = (0.3, 1.0),
                  p_intensity: float = 0.8, brightness: float = 0.4, contrast: float = 0.4, gamma: float = 0.3,
                  p_blur: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 1.2),
-                 p_noise: float = 0.5, noise_sigma: float = 0.1) -> Augment:
+                 p_noise: float = 0.5, noise_sigma: float = 0.1, out_size: int | None = None) -> Augment:
     """Build `augment(x, generator) -> view` from the named families (see the module docstring for each one).
 
     `x`: float [N, C, H, W] in [0, 1]; `generator`: a seeded `torch.Generator` (CPU), the only source of randomness,
-    so a seeded generator reproduces the exact views. Returns a new tensor of x's shape, in [0, 1].
+    so a seeded generator reproduces the exact views. Returns a new tensor of x's shape (or [N, C, out_size,
+    out_size] when `out_size` is set: smaller views train faster, as SwAV/DINO's small crops), in [0, 1].
     An empty list gives the identity. Unknown names raise a ValueError listing the valid ones.
     """
     if isinstance(families, str):
@@ -137,8 +139,8 @@ def make_augment(families: Sequence[str], *, crop_scale: tuple[float, float] = (
         seeds = torch.randint(0, 2 ** 62, (len(AUGMENTATIONS),), generator=generator).tolist()
         gens = {f: torch.Generator().manual_seed(s) for f, s in zip(AUGMENTATIONS, seeds)}
         x = x.float()
-        if "crop" in enabled or "flip" in enabled:
-            x = _geometry(x, "crop" in enabled, "flip" in enabled, crop_scale, gens["crop"], gens["flip"])
+        if "crop" in enabled or "flip" in enabled or out_size is not None:
+            x = _geometry(x, "crop" in enabled, "flip" in enabled, crop_scale, gens["crop"], gens["flip"], out_size)
         if "intensity" in enabled:
             x = _intensity(x, p_intensity, brightness, contrast, gamma, gens["intensity"])
         if "blur" in enabled:

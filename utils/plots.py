@@ -117,10 +117,10 @@ def robust_curves_grid(df: pd.DataFrame, *, tasks: list[str], attacks: list[tupl
             ax.set_ylim(-0.02, 1.02)
         axes[r, 0].set_ylabel("robust accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0), frameon=False)
     if title:
-        fig.suptitle(title, y=1.06)
+        fig.suptitle(title)
     fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 0.0), frameon=False)
     return fig
 
 

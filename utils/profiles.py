@@ -35,8 +35,9 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 2 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 3,
                "ablation_methods": ["simclr"], "n_ablation": 256, "ablation_epochs": 1,
                "archs": ["resnet_micro", "resnet_tiny"], "epoch_checkpoints": [1, 2], "batch_sizes": [32, 64, 128]},
-        "05": {"canvas": 64, "n_train_scenes": 64, "n_test_scenes": 16, "det_epochs": 1, "seg_epochs": 1,
-               "eps_linf": [0, 8 / 255], "steps": 2, "batch_size": 16},
+        "05": {"dataset": "fashion_scenes", "voc_root": None, "canvas": 64, "max_items": 4, "n_train_scenes": 64,
+               "n_test_scenes": 16, "det_epochs": 1, "seg_epochs": 1, "head_lr": 2e-3, "eps_linf": [0, 8 / 255],
+               "steps": 2, "batch_size": 16},
     },
     "cpu": {
         "common": {**_COMMON, "methods": METHODS},
@@ -52,8 +53,9 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "ref_eps": 2 / 255, "steps": 10,
                "ablation_methods": ["simclr", "barlowtwins"], "n_ablation": 5000, "ablation_epochs": 2,
                "archs": ["resnet_tiny", "resnet_small"], "epoch_checkpoints": [1, 2, 4], "batch_sizes": [64, 128, 256]},
-        "05": {"canvas": 64, "n_train_scenes": 1000, "n_test_scenes": 200, "det_epochs": 3, "seg_epochs": 3,
-               "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 5, "batch_size": 32},
+        "05": {"dataset": "fashion_scenes", "voc_root": None, "canvas": 64, "max_items": 4, "n_train_scenes": 1000,
+               "n_test_scenes": 128, "det_epochs": 4, "seg_epochs": 6, "head_lr": 2e-3,
+               "eps_linf": [0, 2 / 255, 4 / 255, 8 / 255], "steps": 5, "batch_size": 32},
     },
     "paper": {
         "common": {**_COMMON, "methods": METHODS, "device": "cuda", "data_root": "/datasets/imagenet",
@@ -72,7 +74,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                "ablation_methods": ["mocov2", "dino"], "n_ablation": 100000, "ablation_epochs": 100,
                "archs": ["resnet50", "vit_small_patch16_224"], "epoch_checkpoints": [100, 200, 800],
                "batch_sizes": [256, 1024, 4096]},
-        "05": {"canvas": 512, "n_train_scenes": 0, "n_test_scenes": 0, "det_epochs": 20, "seg_epochs": 20,
+        "05": {"dataset": "voc", "voc_root": "/datasets/voc", "canvas": 512, "max_items": 4, "n_train_scenes": 0,
+               "n_test_scenes": 0, "det_epochs": 20, "seg_epochs": 20, "head_lr": 1e-3,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 20, "batch_size": 8},
     },
 }

@@ -447,13 +447,21 @@ class SSLMethod:
 
     `build(encoder, **overrides)` returns the module (it owns the encoder, the heads and any momentum networks,
     queues and centers as parameters/buffers, so one state_dict checkpoints it all). `n_views` views per image.
+    `augment_families`: the families this method keeps from the requested list (None: all of them);
+    `augment_kwargs`: its settings for `make_augment` (e.g. a milder crop).
     """
     name: str
     module: type
     defaults: dict = field(default_factory=dict)
     n_views: int = 2
     uses_labels: bool = False
+    augment_families: tuple[str, ...] | None = None
+    augment_kwargs: dict = field(default_factory=dict)
     reference: str = ""
+
+    def view_families(self, augmentations: Sequence[str]) -> list[str]:
+        """The augmentation families this method's views use, out of the requested ones (order kept)."""
+        return [f for f in augmentations if self.augment_families is None or f in self.augment_families]
 
     def hparams(self, overrides: dict | None = None) -> dict:
         unknown = set(overrides or {}) - set(self.defaults)
@@ -474,7 +482,10 @@ def _defaults(cls) -> dict:
 
 
 METHODS: dict[str, SSLMethod] = {
+    # The supervised baseline keeps only the geometric families (torchvision's supervised recipe: crop + flip); the
+    # photometric ones are part of the self-supervised recipes and only slow down supervised training here.
     "supervised": SSLMethod("supervised", Supervised, _defaults(Supervised), n_views=1, uses_labels=True,
+                            augment_families=("crop", "flip"), augment_kwargs={"crop_scale": (0.5, 1.0)},
                             reference="cross-entropy with labels, linear head"),
     "simclr": SSLMethod("simclr", SimCLR, _defaults(SimCLR), reference="arXiv 2002.05709"),
     "mocov2": SSLMethod("mocov2", MoCoV2, _defaults(MoCoV2), reference="arXiv 2003.04297"),
@@ -530,6 +541,7 @@ def training_params(method: str, *, arch: str, n_pretrain: int, epochs: int, bat
 
     With explicit `data` (instead of Fashion-MNIST's first `n_pretrain` images) a fingerprint of its bytes joins it.
     """
+    spec = get_method(method)
     extra = {}
     if data is not None:
         import hashlib
@@ -539,7 +551,8 @@ def training_params(method: str, *, arch: str, n_pretrain: int, epochs: int, bat
         extra["data_sha256"] = h.hexdigest()[:16]
     return {**extra, "method": method, "arch": arch, "n_pretrain": int(n_pretrain), "epochs": int(epochs),
             "batch_size": int(batch_size), "lr": float(lr), "augmentations": list(augmentations), "seed": int(seed),
-            "weight_decay": float(weight_decay), "hparams": get_method(method).hparams(hparams),
+            "weight_decay": float(weight_decay), "hparams": spec.hparams(hparams),
+            "view_families": spec.view_families(augmentations), "augment_kwargs": spec.augment_kwargs,
             "code_version": SSL_CODE_VERSION}
 
 
@@ -591,8 +604,8 @@ def load_epoch_checkpoint(method: str, epoch: int, *, arch: str, n_pretrain: int
 
 
 def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
-                     augmentations: Sequence[str], seed: int, data_root: str | Path = "data",
-                     cache_dir: str | Path = "cache/cpu", progress: bool = True,
+                     augmentations: Sequence[str], seed: int, cache_dir: str | Path, data_root: str | Path = "data",
+                     progress: bool = True,
                      save_every_epoch_checkpoints: bool = False, keep_epochs: Sequence[int] = (),
                      hparams: dict | None = None, weight_decay: float = 1e-5, profile: str = "custom",
                      data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -624,7 +637,8 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     if epochs < 1 or n_pretrain < 0:
         raise ValueError(f"epochs must be >= 1 and n_pretrain >= 0 (got epochs={epochs}, n_pretrain={n_pretrain}); "
                          f"the `paper` profile loads official checkpoints with utils.models.load_backbone instead")
-    augment = make_augment(augmentations)  # validates the family names before any work
+    make_augment(augmentations)  # validates the family names before any work
+    augment = make_augment(spec.view_families(augmentations), **spec.augment_kwargs)
     params = training_params(method, arch=arch, n_pretrain=n_pretrain, epochs=epochs, batch_size=batch_size, lr=lr,
                              augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
                              data=data)

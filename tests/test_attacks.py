@@ -1,0 +1,316 @@
+"""Tests of the attack kernel (utils/attacks.py) on a small CNN trained a few hundred steps on Fashion-MNIST.
+
+Every test runs on the CPU in seconds; the session fixture trains the model once (~seconds).
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from utils import attacks
+from utils.attacks import ATTACKS, apgd, apgd_ce, apgd_dlr, cw_loss, dlr_loss, fgsm, pgd, robust_accuracy
+from utils.data import load_fashion_mnist
+from utils.models import FASHION_MEAN, FASHION_STD, Normalize
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(Normalize(FASHION_MEAN, FASHION_STD),
+                         nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+
+@pytest.fixture(scope="session")
+def model(data_root) -> nn.Module:
+    """The small CNN trained 300 steps of 128 images (~83 % clean test accuracy)."""
+    torch.manual_seed(0)
+    net = small_cnn()
+    x, y = load_fashion_mnist(data_root, "train", n=300 * 128, seed=1)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for i in range(300):
+        loss = F.cross_entropy(net(x[i * 128:(i + 1) * 128]), y[i * 128:(i + 1) * 128])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def data(data_root) -> tuple[torch.Tensor, torch.Tensor]:
+    """400 test images [400, 1, 28, 28] in [0, 1] and their labels."""
+    return load_fashion_mnist(data_root, "test", n=400, seed=0)
+
+
+def clean_correct(model, x, y) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def test_model_is_trained(model, data):
+    # the other tests mean little on an untrained model
+    assert clean_correct(model, *data).float().mean() > 0.75
+
+
+# ----------------------------------------------------------------------------------------------- constraints
+
+ALL = {"fgsm": lambda m, x, y, **kw: fgsm(m, x, y, **kw),
+       "pgd": lambda m, x, y, **kw: pgd(m, x, y, steps=5, **kw),
+       "cw": lambda m, x, y, **kw: pgd(m, x, y, steps=5, loss="cw", **kw),
+       "apgd-ce": lambda m, x, y, **kw: apgd_ce(m, x, y, steps=8, **kw),
+       "apgd-dlr": lambda m, x, y, **kw: apgd_dlr(m, x, y, steps=8, **kw)}
+
+
+@pytest.mark.parametrize("name", list(ALL))
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 1.0)])
+def test_attacks_stay_in_ball_and_range(model, data, name, norm, eps):
+    x, y = data[0][:64], data[1][:64]
+    x_adv = ALL[name](model, x, y, eps=eps, norm=norm, seed=0)
+    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= eps * (1 + 1e-6)
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    # the attack must move the points and fool some of the clean-correct ones
+    fooled = clean_correct(model, x, y) & ~clean_correct(model, x_adv, y)
+    assert fooled.sum() >= 5
+    assert float(size.max()) > 0.5 * eps
+
+
+def test_registry_dispatch_covers_every_attack():
+    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr"}
+
+
+# --------------------------------------------------------------------------------------------- robust accuracy
+
+def test_eps0_is_clean_accuracy(model, data):
+    x, y = data
+    res = robust_accuracy(model, x, y, eps_list=[0.0, 2 / 255], steps=3)
+    assert res[0.0] == pytest.approx(float(clean_correct(model, x, y).float().mean()), abs=1e-9)
+    assert torch.equal(res.robust_mask[0], clean_correct(model, x, y))
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_fooled_verdicts_are_true_in_float32(model, data, amp):
+    """Accuracy never rises with eps, and each point's verdict is backed by an adversarial image checked here in
+    float32: fooled points are misclassified, inside the ball; robust points' returned images are classified right."""
+    x, y = data[0][:256], data[1][:256]
+    grid = [0, 4 / 255, 8 / 255, 16 / 255]
+    res = robust_accuracy(model, x, y, eps_list=grid, steps=5, amp=amp, return_adv="all")
+    accs = [res[e] for e in grid]
+    assert all(b <= a for a, b in zip(accs, accs[1:]))
+    assert accs[0] - accs[-1] > 0.3  # the attack does something
+    assert (res.robust_mask[1:] <= res.robust_mask[:-1]).all()
+    for j, eps in enumerate(grid):
+        x_adv = res.x_adv[eps]
+        assert float((x_adv - x).abs().amax()) <= eps + 1e-6
+        assert torch.equal(clean_correct(model, x_adv, y), res.robust_mask[j])
+    assert res.flags == []
+
+
+def test_large_eps_drives_accuracy_to_zero(model, data):
+    res = robust_accuracy(model, *data, eps_list=[0.5], steps=10)
+    assert res[0.5] <= 0.05
+
+
+def test_at_most_torchattacks_plus_one_point(model, data):
+    import torchattacks
+
+    x, y = data
+    steps, grid = 10, [2 / 255, 4 / 255, 8 / 255, 16 / 255]
+    ours = robust_accuracy(model, x, y, eps_list=grid, steps=steps)
+    torch.manual_seed(0)
+    for eps in grid:
+        adv = torchattacks.PGD(model, eps=eps, alpha=2.5 / steps * eps, steps=steps, random_start=True)(x, y)
+        theirs = float(clean_correct(model, adv, y).float().mean())
+        assert ours[eps] <= theirs + 0.01, (eps, ours[eps], theirs)
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd(model, data):
+    x, y = data
+    grid = [8 / 255, 16 / 255]
+    p = robust_accuracy(model, x, y, eps_list=grid, attack="pgd", steps=10)
+    a = robust_accuracy(model, x, y, eps_list=grid, attack="apgd-ce", steps=10)
+    for eps in grid:
+        assert a[eps] <= p[eps] + 0.01, (eps, a[eps], p[eps])
+
+
+def test_apgd_dlr_and_cw_attack(model, data):
+    x, y = data
+    clean = float(clean_correct(model, x, y).float().mean())
+    for attack in ("apgd-dlr", "cw", "fgsm"):
+        res = robust_accuracy(model, x, y, eps_list=[8 / 255], attack=attack, steps=10)
+        assert res[8 / 255] < clean - 0.1, attack
+
+
+def test_dataloader_gives_same_numbers_as_tensors(model, data):
+    x, y = data[0][:200], data[1][:200]
+    grid = [0, 4 / 255, 8 / 255]
+    a = robust_accuracy(model, x, y, eps_list=grid, steps=3, batch_size=64, seed=3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=50, shuffle=False)  # regrouped into chunks of 64
+    b = robust_accuracy(model, loader, eps_list=grid, steps=3, batch_size=64, seed=3)
+    assert a[0] > a[8 / 255] + 0.1
+    assert dict(a) == dict(b)
+    assert torch.equal(a.robust_mask, b.robust_mask)
+
+
+def test_result_object_and_rows(model, data):
+    x, y = data[0][:100], data[1][:100]
+    res = robust_accuracy(model, x, y, eps_list=[2 / 255, 0], norm="linf", steps=3, restarts=2, return_adv=True)
+    assert list(res) == [0, 2 / 255] and res.eps == [0, 2 / 255]
+    assert res.n == 100 and res.robust_mask.shape == (2, 100) and res.robust_mask.dtype == torch.bool
+    assert set(res.x_adv) == {2 / 255} and res.x_adv[2 / 255].shape == x.shape
+    assert res[2 / 255] == pytest.approx(float(res.robust_mask[1].float().mean()))
+    rows = res.to_rows(model="cnn", regime="linear")
+    assert len(rows) == 2
+    assert rows[1] == {"attack": "pgd", "norm": "linf", "eps": 2 / 255, "steps": 3, "restarts": 2,
+                       "accuracy": res[2 / 255], "n": 100, "flags": "", "model": "cnn", "regime": "linear"}
+
+
+def test_pgd_returns_the_fooling_point(model, data):
+    """pgd's x_adv fools exactly the points robust_accuracy counts as fooled (same seed, same kernel)."""
+    x, y = data[0][:128], data[1][:128]
+    eps = 8 / 255
+    x_adv = pgd(model, x, y, eps=eps, steps=5, seed=0)
+    res = robust_accuracy(model, x, y, eps_list=[eps], steps=5, seed=0, batch_size=128)
+    assert (clean_correct(model, x, y) & ~res.robust_mask[0]).sum() > 10  # the attack fooled some points
+    assert torch.equal(clean_correct(model, x_adv, y), res.robust_mask[0])
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(eps_list=[-0.1]), "eps must be"),
+    (dict(eps_list=[0.1], norm="l3"), "unknown norm"),
+    (dict(eps_list=[0.1], attack="deepfool"), "unknown attack"),
+    (dict(eps_list=[0.1], loss="hinge"), "unknown loss"),
+    (dict(eps_list=[0.1], amp="fp8"), "unknown amp"),
+])
+def test_bad_arguments_raise_clear_errors(model, data, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        robust_accuracy(model, data[0][:8], data[1][:8], **kwargs)
+
+
+def test_bad_arguments_of_public_attacks(model, data):
+    x, y = data[0][:8], data[1][:8]
+    with pytest.raises(ValueError, match="eps must be"):
+        pgd(model, x, y, eps=-1)
+    with pytest.raises(ValueError, match="unknown loss"):
+        pgd(model, x, y, eps=0.1, loss="dlr")
+    with pytest.raises(ValueError, match="unknown loss"):
+        apgd(model, x, y, eps=0.1, loss="cw")
+    with pytest.raises(ValueError, match="unknown norm"):
+        fgsm(model, x, y, eps=0.1, norm="l1")
+
+
+def test_images_outside_unit_range_are_rejected(model, data):
+    x, y = data[0][:8], data[1][:8]
+    normalized = (x - 0.286) / 0.353
+    with pytest.raises(ValueError, match=r"\[0, 1\].*Normalize"):
+        robust_accuracy(model, normalized, y, eps_list=[0.1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd(model, normalized, y, eps=0.1)
+
+
+def test_train_mode_model_is_attacked_in_eval_mode_and_restored(data):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                        nn.Linear(8 * 14 * 14, 10))
+    net[0].weight.requires_grad_(False)  # a frozen layer must stay frozen
+    x, y = data[0][:64], data[1][:64]
+    with torch.no_grad():  # give BN non-trivial running statistics
+        net.train()(x)
+    net[3].eval()  # a submodule in its own mode must come back in it
+    stats = net[1].running_mean.clone()
+    ptr = net[0].weight.data_ptr()
+    res_train = robust_accuracy(net, x, y, eps_list=[0, 2 / 255], steps=3, channels_last=True)
+    assert net.training and net[1].training and not net[3].training
+    assert net[0].weight.data_ptr() == ptr and net[0].weight.is_contiguous()  # the very weights it came with
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, True, True, True]
+    assert torch.equal(net[1].running_mean, stats)  # BN statistics untouched by the attack
+    res_eval = robust_accuracy(net.eval(), x, y, eps_list=[0, 2 / 255], steps=3)
+    assert dict(res_train) == dict(res_eval)  # dropout off, BN frozen: the same numbers as an eval-mode model
+
+
+# ------------------------------------------------------------------------------------------------ sanity flags
+
+class NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def test_nan_model_raises_flags(data):
+    x, y = data[0][:32], data[1][:32]
+    with pytest.warns(RuntimeWarning, match="nonfinite_logits"):
+        res = robust_accuracy(NaNModel(), x, y, eps_list=[0, 2 / 255], steps=2)
+    assert any(f.startswith("nonfinite_logits") for f in res.flags)
+    assert any(f.startswith("nan_grad") for f in res.flags)
+    assert "nan_grad" in res.to_rows()[0]["flags"]
+    with pytest.warns(RuntimeWarning, match="nan_grad"):
+        x_adv = pgd(NaNModel(), x, y, eps=2 / 255, steps=2)
+    assert torch.isfinite(x_adv).all()  # NaN gradients must not push points out of the ball
+
+
+def test_zero_gradient_model_raises_flag(data):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    nn.init.zeros_(net[1].weight)
+    with torch.no_grad():
+        net[1].bias.copy_(torch.arange(10.0))
+    x, y = data[0][:32], torch.full((32,), 9)  # always right, and no gradient to follow
+    with pytest.warns(RuntimeWarning, match="zero_grad"):
+        res = robust_accuracy(net, x, y, eps_list=[0, 8 / 255], steps=2)
+    assert res[8 / 255] == 1.0
+    assert any(f.startswith("zero_grad: 64/64") for f in res.flags)
+
+
+def test_clean_run_has_no_flags_and_no_warning(model, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = robust_accuracy(model, data[0][:64], data[1][:64], eps_list=[0, 4 / 255], steps=3)
+    assert res.flags == []
+
+
+# ------------------------------------------------------------------------------------------------ pure pieces
+
+def test_losses_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 5.0, 1.0]])
+    y = torch.tensor([0, 1])
+    assert torch.allclose(cw_loss(logits, y), torch.tensor([1.0 - 3.0, 5.0 - 2.0]))
+    # DLR: -(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)
+    assert torch.allclose(dlr_loss(logits, y), torch.tensor([-(3.0 - 1.0) / (3.0 - 0.0), -(2.0 - 5.0) / (5.0 - 1.0)]))
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr_loss(torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
+def test_ball_check_catches_points_outside():
+    x = torch.full((3, 1, 4, 4), 0.5)
+    inside = x + 0.05
+    assert attacks._ball_flags(inside, x, 0.05, "linf") == []
+    outside = inside.clone()
+    outside[1, 0, 0, 0] = 0.5 + 0.06
+    flags = attacks._ball_flags(outside, x, 0.05, "linf")
+    assert len(flags) == 1 and flags[0].startswith("outside_ball: 1 points")
+    assert attacks._ball_flags(x + 0.6, x, 3.0, "l2") != []  # inside the l2 ball (norm 2.4) but above 1
+
+
+def test_apgd_checkpoint_schedule():
+    assert attacks._apgd_checkpoints(100) == (22, 3, 6)
+    assert attacks._apgd_checkpoints(10) == (2, 1, 1)
+
+
+def test_projection_l2():
+    torch.manual_seed(0)
+    x = torch.full((2, 1, 4, 4), 0.5)
+    far = x + torch.randn(2, 1, 4, 4)  # norm ~4: projected onto the sphere of radius 0.3 (no [0, 1] clipping here)
+    p = attacks.project(far, x, 0.3, "l2")
+    assert torch.allclose((p - x).flatten(1).norm(dim=1), torch.full((2,), 0.3), atol=1e-6)
+    assert torch.allclose((p - x) / 0.3, (far - x) / (far - x).flatten(1).norm(dim=1).view(2, 1, 1, 1), atol=1e-6)
+    near = x + 0.01
+    assert torch.equal(attacks.project(near, x, 0.3, "l2"), near)
