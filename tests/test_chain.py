@@ -20,7 +20,7 @@ EXPECTED = {
     "03": {"figures": ["03_robust_vs_eps.png", "03_heatmap.png", "03_gap_ci.png", "03_examples.png"],
            "tables": ["03_robustness.csv"]},
     "04": {"figures": ["04_regimes_gap.png", "04_factors.png"], "tables": ["04_regimes.csv", "04_factors.csv"]},
-    "05": {"figures": ["05_dense_vs_eps.png", "05_gap_dense_vs_cls.png"], "tables": ["05_dense.csv"]},
+    "05": {"figures": ["05_dense_vs_eps.png", "05_gap_dense_vs_cls.png", "05_examples.png"], "tables": ["05_dense.csv"]},
 }
 
 
