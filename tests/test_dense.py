@@ -102,7 +102,7 @@ def trained(data_root):
     seg = dense.build_segmenter(enc, train.num_classes, hidden=32)
     feats = dense.encode_features(enc, train)
     dense.train_detector(det, train, epochs=8, batch_size=16, lr=3e-3, features=feats)
-    dense.train_segmenter(seg, train, epochs=8, batch_size=16, lr=1e-2, features=feats)
+    dense.train_segmenter(seg, train, epochs=24, batch_size=16, lr=1e-2, features=feats)
     return enc, det, seg, test
 
 

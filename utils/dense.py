@@ -873,7 +873,11 @@ def plot_dense_vs_eps(df: pd.DataFrame, title: str | None = None):
         sub = df[(df["task"] == task) & (df["attack"] == attack) & (df["metric"] == metric)].copy()
         sub["panel"] = name
         parts.append(sub)
-    return curves_vs_eps(pd.concat(parts), col="panel", ylabel="mAP@0.5 / mIoU", title=title)
+    data = pd.concat(parts)
+    fig = curves_vs_eps(data, col="panel", ylabel="mAP@0.5 / mIoU", title=title)
+    for ax in fig.axes:  # the metrics sit well below 1 here: use the room
+        ax.set_ylim(0, min(1.0, 1.15 * float(data["accuracy"].max())) + 0.01)
+    return fig
 
 
 def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool):
@@ -888,8 +892,11 @@ def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool):
         label = f"{task} ({g['metric'].iloc[0]}, {g['attack'].iloc[0]})"
         axes[0].plot(g["eps"] * 255, g["gap"], color=color, marker=marker, label=label)
         axes[1].plot(g["eps"] * 255, g["rel_gap"], color=color, marker=marker, label=label)
+    dense_eps = gaps.loc[gaps["task"] != "classification", "eps"]
     for ax, yl in zip(axes, ["SSL mean - supervised (metric units)", "SSL - supervised (retained fraction)"]):
         ax.axhline(0, color="grey", lw=0.8)
+        if len(dense_eps):  # notebook 03 may go to larger eps: show the range the dense tasks share
+            ax.set_xlim(-0.3, 255 * float(dense_eps.max()) * 1.05 + 0.3)
         ax.set_xlabel("eps (x/255)")
         ax.set_ylabel(yl)
     axes[1].legend(fontsize=8)
