@@ -41,7 +41,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "cpu": {
         "common": {**_COMMON, "methods": METHODS},
-        "01": {"arch": "resnet_tiny", "n_pretrain": 20000, "epochs": 4, "batch_size": 256, "lr": 2e-3,
+        "01": {"arch": "resnet_tiny", "n_pretrain": 30000, "epochs": 2, "batch_size": 64, "lr": 5e-3,
                "augmentations": AUGMENTATIONS, "n_probe_train": 5000, "n_probe_test": 2000},
         "02": {"n_probe_train": 10000, "n_test": 1000, "probe_epochs": 100, "transfer_task": "digits"},
         "03": {"n_attack": 1000, "transfer_task": "digits",
