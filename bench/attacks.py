@@ -8,7 +8,9 @@ torchattacks runs once per eps on every point (it accepts only eps > 0, so eps =
 the last iterate; `robust_accuracy` walks the grid once, attacks only the points still robust, keeps any fooling
 iterate, and uses bf16 autocast where the hardware supports it. The time of each side includes its accuracy forward.
 The sides run interleaved, chunk by chunk (`--batch-size` points), taking turns to go first, so that a machine shared
-with other jobs slows them alike: the speed ratio of one run is what counts, not the absolute seconds.
+with other jobs slows them alike: the speed ratio of one run is what counts, not the absolute seconds. Both sides run
+on one CPU thread by default (`--threads`): with torch's two OpenMP threads on a 2-core machine that other jobs share,
+the same run measured anywhere from 1.3x to 3.1x; with one thread, 3.6x to 4x.
 
 Models:
 - CPU (`--arch resnet_tiny`, default): utils.models.build_encoder("resnet_tiny") + linear head in a Classifier,
@@ -194,8 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=200, help="resnet50: brief training steps (0: random init)")
     ap.add_argument("--levers", action="store_true",
                     help="also time ours without channels_last and (CPU) without bf16, interleaved with the rest")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default); 1 is far steadier on a CPU shared with other jobs")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for both sides (0: torch's default). 1 by default: on a 2-core CPU shared "
+                         "with other jobs, 2 OpenMP threads spin against them and the timings become a lottery")
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     args = ap.parse_args(argv)
     if args.threads > 0:
