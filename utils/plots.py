@@ -85,9 +85,9 @@ def accuracy_bars(df: pd.DataFrame, *, y: str = "accuracy", x: str = "task", hue
     ax.set_ylim(lo, 1.0)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("")
-    ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
-        ax.set_title(title, pad=40)
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
