@@ -28,10 +28,14 @@ def small_cnn() -> nn.Module:
 def model(data_root) -> nn.Module:
     """The small CNN trained 300 steps of 128 images (~83 % clean test accuracy)."""
     torch.manual_seed(0)
-    net = small_cnn()
-    x, y = load_fashion_mnist(data_root, "train", n=300 * 128, seed=1)
+    return _fit(small_cnn(), data_root, steps=300, seed=1)
+
+
+def _fit(net: nn.Module, data_root, *, steps: int, seed: int) -> nn.Module:
+    """`steps` Adam steps of 128 Fashion-MNIST training images; returns the network in eval mode."""
+    x, y = load_fashion_mnist(data_root, "train", n=steps * 128, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for i in range(300):
+    for i in range(steps):
         loss = F.cross_entropy(net(x[i * 128:(i + 1) * 128]), y[i * 128:(i + 1) * 128])
         opt.zero_grad()
         loss.backward()
@@ -171,12 +175,14 @@ def test_result_object_and_rows(model, data):
 
 
 def test_pgd_returns_the_fooling_point(model, data):
-    """pgd's x_adv fools exactly the points robust_accuracy counts as fooled (same seed, same kernel)."""
-    x, y = data[0][:128], data[1][:128]
+    """pgd's x_adv fools exactly the points robust_accuracy counts as fooled (same seed, same kernel). On points the
+    model classifies right (robust_accuracy draws random starts only for those; pgd for every point)."""
+    ok = clean_correct(model, *data)
+    x, y = data[0][ok][:128], data[1][ok][:128]
     eps = 8 / 255
     x_adv = pgd(model, x, y, eps=eps, steps=5, seed=0)
     res = robust_accuracy(model, x, y, eps_list=[eps], steps=5, seed=0, batch_size=128)
-    assert (clean_correct(model, x, y) & ~res.robust_mask[0]).sum() > 10  # the attack fooled some points
+    assert (~res.robust_mask[0]).sum() > 10  # the attack fooled some points
     assert torch.equal(clean_correct(model, x_adv, y), res.robust_mask[0])
 
 
@@ -314,3 +320,57 @@ def test_projection_l2():
     assert torch.allclose((p - x) / 0.3, (far - x) / (far - x).flatten(1).norm(dim=1).view(2, 1, 1, 1), atol=1e-6)
     near = x + 0.01
     assert torch.equal(attacks.project(near, x, 0.3, "l2"), near)
+
+
+# ------------------------------------------------------------------------------------------ BatchNorm folding
+
+class _ShapeChecked(nn.Module):
+    """A wrapper torch.fx cannot trace (Python control flow on the input's shape), like utils.models.Encoder."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.shape[1] != 1:
+            raise ValueError("one channel expected")
+        return self.inner(x)
+
+
+@pytest.fixture(scope="module")
+def bn_model(data_root) -> nn.Module:
+    """A conv-BN-ReLU CNN behind an untraceable wrapper, trained 150 steps (BN running stats are real)."""
+    torch.manual_seed(0)
+    net = _ShapeChecked(nn.Sequential(Normalize(FASHION_MEAN, FASHION_STD),
+                                      nn.Conv2d(1, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Flatten(), nn.Linear(16 * 7 * 7, 10)))
+    return _fit(net, data_root, steps=150, seed=2)
+
+
+def test_fold_batchnorm_is_the_same_function_without_batchnorm(bn_model, data):
+    x = data[0][:128]
+    before = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    folded = attacks.fold_batchnorm(bn_model)
+    assert folded is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), bn_model(x), atol=1e-4, rtol=1e-4)
+    # the model itself is untouched, BN included
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn_model.modules()) == 2
+    assert all(torch.equal(v, bn_model.state_dict()[k]) for k, v in before.items())
+    assert attacks.fold_batchnorm(small_cnn()) is None  # nothing to fold
+
+
+def test_folded_gradients_keep_float32_verdicts_of_the_model(bn_model, data):
+    x, y = data
+    eps = [0, 2 / 255, 8 / 255]
+    on = robust_accuracy(bn_model, x, y, eps_list=eps, attack="pgd", steps=5, fold_bn=True, return_adv="all",
+                         amp="off")
+    off = robust_accuracy(bn_model, x, y, eps_list=eps, attack="pgd", steps=5, fold_bn=False, amp="off")
+    clean = clean_correct(bn_model, x, y)
+    for j, e in enumerate(sorted(eps)):
+        # "robust" <=> the float32 model itself classifies both x and x_adv right
+        assert torch.equal(on.robust_mask[j], clean & clean_correct(bn_model, on.x_adv[e], y)), e
+        assert abs(on[e] - off[e]) <= 0.02, (e, on[e], off[e])
+    assert on[8 / 255] < on[0] - 0.2  # the folded gradients do attack

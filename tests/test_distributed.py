@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from utils.evaluate import sharded_robust_accuracy
@@ -55,3 +56,37 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert {float(k): v for k, v in dist["acc"].items()} == dict(single)
     # the attack did something, so equality is not trivial
     assert single[0.0] == 1.0 and single[0.1] < single[0.02] < single[0.0]
+
+
+def test_worker_processes_give_the_numbers_of_one_process(tmp_path, monkeypatch):
+    """run_attack_grid spread over 2 spawned worker processes = the same per-point verdicts as in-process."""
+    from utils.evaluation import run_attack_grid
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 13 * 13, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(60, 1, 28, 28, generator=g)
+    y = model(x).argmax(1)
+    clfs = {("a", "t"): model, ("b", "t"): torch.nn.Sequential(*model)}
+    settings = [{"attack": "pgd", "norm": "linf", "eps_list": [0, 0.02, 0.1]},
+                {"attack": "fgsm", "norm": "linf", "eps_list": [0, 0.02, 0.1]}]
+    out = {}
+    for w in ("1", "2"):
+        monkeypatch.setenv("SSL_ADV_WORKERS", w)
+        table, masks = run_attack_grid(clfs, {"t": (x, y)}, settings, steps=3, restarts=1, seed=3,
+                                       cache_dir=tmp_path / w)
+        out[w] = (table, masks)
+        assert len(list((tmp_path / w / "attacks").glob("*.json"))) == 4
+    assert out["1"][0].equals(out["2"][0])
+    for k, m in out["1"][1].items():
+        assert torch.equal(m, out["2"][1][k]), k
+    assert out["1"][0].accuracy.min() < 0.5  # the attack fools points, so equality is not trivial
+
+
+def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
+    from utils.attacks import _check_eps
+    from utils.evaluate import map_jobs
+
+    with pytest.raises(ValueError, match="eps"):
+        map_jobs(_check_eps, [{"eps": 0.1}, {"eps": -1.0}], workers=2)

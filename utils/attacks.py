@@ -15,7 +15,8 @@ Conventions (every function here):
 - speed levers, each measured by `bench/attacks.py --levers` (resnet_tiny, 1000 Fashion-MNIST points, linf grid
   {0,1,2,4,8,16}/255, 10 steps, one CPU thread; speed-up over torchattacks' PGD): the eps grid walked once with points
   leaving the batch as soon as they are fooled, no parameter gradients, float32: 2.2x; + bf16 autocast for the
-  gradient steps (`amp`): 3.2x; + channels_last weights: 3.6-4.1x. torch.compile / CUDA graphs are not used: the
+  gradient steps (`amp`): 3.2x; + channels_last weights: 3.6-4.1x; BatchNorm folded into the convolutions of the
+  gradient oracle (`fold_bn`; verdicts still from the model): a further 13 % (2 threads). torch.compile / CUDA graphs are not used: the
   batch shrinks as points are fooled, so shapes change at nearly every step.
 
 Layout: losses -> ball geometry -> `_Target` (the model as the kernel sees it) -> one kernel function per attack
@@ -175,14 +176,36 @@ class _Target:
     def __init__(self, model: nn.Module, amp: str = "auto"):
         if amp not in AMP_MODES:
             raise ValueError(f"unknown amp {amp!r}; choose one of {AMP_MODES}")
-        self.model = model
+        self.model = model  # float32 verdicts always come from this very model
+        self.grad_model = model  # the gradient oracle: the model, or a BN-folded copy of it (`use_folded`)
         self.device = _model_device(model)
         use_bf16 = amp == "bf16" or (amp == "auto" and _bf16_supported(self.device))
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
-        # steps whose forward is not IEEE float32 (bf16 autocast, or TF32 convolutions on a GPU) get their
-        # "fooled" verdicts confirmed by a float32 forward
+        # steps whose forward is not IEEE float32 of the model itself (bf16 autocast, TF32 convolutions on a GPU, or
+        # a BN-folded copy) get their "fooled" verdicts confirmed by a float32 forward of the model
         self.inexact = use_bf16 or (self.device.type == "cuda" and torch.backends.cudnn.allow_tf32)
         self.n_grads = self.n_zero_grads = self.n_nan_grads = self.n_nonfinite_logits = 0
+
+    def use_folded(self, x_probe: torch.Tensor, channels_last: bool) -> bool:
+        """Take gradients from a copy of the model with its Conv-BatchNorm pairs folded into single convolutions
+        (eval-mode BN is an affine map, so the function is the same; measured 13 % faster PGD on resnet_tiny here).
+        The copy is used only when its float32 logits on `x_probe` match the model's; returns whether it is."""
+        folded = fold_batchnorm(self.model)
+        if folded is None:
+            return False
+        for p in folded.parameters():
+            p.requires_grad_(False)
+            if channels_last and p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False), _no_tf32(self.device):
+                a, b = self.model(x_probe).float(), folded(x_probe).float()
+        except Exception:  # noqa: BLE001 - a copy that cannot run is simply not used
+            return False
+        if a.shape != b.shape or not bool(((a - b).abs() <= 1e-3 * (1 + a.abs())).all()):
+            return False
+        self.grad_model, self.inexact = folded, True
+        return True
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -215,7 +238,7 @@ class _Target:
             return _Eval(loss_fn(logits, y), None, logits.argmax(1) != y, exact=True)
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad(), self._autocast():
-            logits = self.model(xg)
+            logits = self.grad_model(xg)
         self._count_nonfinite(logits.detach())
         loss = loss_fn(logits.float(), y)
         fooled = logits.detach().argmax(1) != y
@@ -244,6 +267,34 @@ class _Target:
         if self.n_nonfinite_logits:
             out.append(f"nonfinite_logits: {self.n_nonfinite_logits} model outputs had NaN/inf logits")
         return out
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` (eval mode) in which every Conv/Linear followed by an eval-mode BatchNorm is one layer
+    (torch.fx's `fuse`); submodules that torch.fx cannot trace (e.g. a forward with Python checks on shapes) are
+    searched for traceable children. None when there is no BatchNorm to fold. `model` itself is not changed."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    def n_bn(m: nn.Module) -> int:
+        return sum(isinstance(c, nn.modules.batchnorm._BatchNorm) for c in m.modules())
+
+    def fold(m: nn.Module) -> nn.Module:
+        if not n_bn(m):
+            return m
+        try:
+            return fuse(m, inplace=True)
+        except Exception:  # noqa: BLE001 - untraceable: fold inside its children instead
+            for name, child in m.named_children():
+                setattr(m, name, fold(child))
+            return m
+
+    before = n_bn(model)
+    if not before:
+        return None
+    folded = fold(copy.deepcopy(model).eval())
+    return folded if n_bn(folded) < before else None
 
 
 @contextmanager
@@ -509,6 +560,7 @@ def _run_public(kernel, model, x, y, *, eps, norm, amp, channels_last, seed, **o
         return x.clone()
     generator = None if seed is None else torch.Generator(target.device).manual_seed(seed)
     with _attack_mode(model, channels_last):
+        target.use_folded(x[:64], channels_last)
         x_adv, _ = kernel(target, x, y, eps=eps, norm=norm, generator=generator, **options)
     _warn_flags(target, x_adv, x, eps, norm)
     return x_adv
@@ -639,7 +691,7 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
                     attack: str = "pgd", norm: str = "linf", steps: int = 10, restarts: int = 1,
                     batch_size: int = 256, amp: str = "auto", channels_last: bool = True,
                     return_adv: bool | str = False, seed: int | None = 0, progress: bool = False,
-                    **attack_kwargs) -> RobustAccuracy:
+                    fold_bn: bool = True, **attack_kwargs) -> RobustAccuracy:
     """Robust accuracy of `model` on (x [N, C, H, W] in [0, 1], y int64 [N]) — or a DataLoader of such batches passed
     as `x` — under `attack` at each eps of `eps_list` (image units; 0 gives the clean accuracy).
 
@@ -647,7 +699,9 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
     attacked, resuming from their best point so far (a point fooled in a smaller ball is fooled in every larger one),
     so accuracy cannot rise with eps. Points leave the working batch the moment they are fooled; "fooled" is decided in
     float32 even when the steps run in bfloat16 (`amp`: "auto" = bf16 where the hardware supports it, "bf16", "off");
-    `channels_last` puts 4-D weights in channels_last format during the attack (faster convolutions).
+    `channels_last` puts 4-D weights in channels_last format during the attack (faster convolutions); `fold_bn`
+    takes the gradients from a copy with BatchNorm folded into the convolutions (same function, faster; verdicts
+    still come from the model itself in float32).
     `attack` is a key of `ATTACKS`; `steps`/`restarts` are ignored by "fgsm" (recorded as 1); further keyword options
     go to the attack (e.g. rel_step, random_start). `return_adv`: False, True (keep the adversarial images at the
     largest eps) or "all" (every eps) in `result.x_adv`. `seed` fixes the random starts (None: global RNG).
@@ -679,10 +733,13 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
         from tqdm.auto import tqdm
         total = math.ceil(len(x) / int(batch_size)) if isinstance(x, torch.Tensor) else None
         chunks = tqdm(chunks, desc=f"{attack} {norm}", unit="batch", total=total)
+    folded = not fold_bn
     with _attack_mode(model, channels_last):
         for xb, yb in chunks:
             _check_images(xb, yb)
             xb, yb = xb.to(target.device, torch.float32), yb.to(target.device)
+            if not folded:  # once, on the first chunk (the probe that checks the folded copy)
+                folded = target.use_folded(xb[:64], channels_last) or True
             mask, adv, chunk_flags = _attack_chunk(target, kernel, xb, yb, eps_grid, norm, options, keep_adv,
                                                    generator)
             masks.append(mask.cpu())

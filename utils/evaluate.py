@@ -83,6 +83,82 @@ def sharded_robust_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Te
                           steps=steps_rec, restarts=restarts_rec, robust_mask=robust)
 
 
+# ------------------------------------------------------------------------------------ local worker processes
+# On a CPU, small models use cores better as one single-threaded process per core than as one process with one
+# thread per core (measured on the 2-core machine: PGD sweep 9.7 s with 2 threads, 2 sweeps in 16 s as 2 processes
+# of 1 thread, i.e. 18 % faster). Independent jobs (one attack sweep, one transfer source, one Square check) are
+# therefore spread over a pool of worker processes; every job computes exactly what it computes in one process
+# (its random starts are seeded by the job, not by the worker).
+
+_POOL: tuple[int, object] | None = None
+
+
+def local_workers(device: str = "cpu", n_jobs: int | None = None) -> int:
+    """How many worker processes to use for independent jobs: the environment variable SSL_ADV_WORKERS if set;
+    else 1 on a GPU or inside a torchrun rank (ranks already share the work), one per CPU core otherwise."""
+    env = os.environ.get("SSL_ADV_WORKERS")
+    if env:
+        w = int(env)
+    elif str(device).startswith("cuda") or world()[1] > 1:
+        w = 1
+    else:
+        w = _cores()
+    if n_jobs is not None:
+        w = min(w, n_jobs)
+    return max(1, w)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _pool(workers: int):
+    """A process pool of `workers` spawned workers (kept for the next call; shut down at exit)."""
+    global _POOL
+    import atexit
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if _POOL is not None and _POOL[0] == workers:
+        return _POOL[1]
+    if _POOL is not None:
+        _POOL[1].shutdown()
+    threads = max(1, _cores() // workers)
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,))
+    if _POOL is None:
+        atexit.register(lambda: _POOL is not None and _POOL[1].shutdown(cancel_futures=True))
+    _POOL = (workers, ex)
+    return ex
+
+
+def map_jobs(fn, jobs: list[dict], *, workers: int = 1, desc: str = "jobs", progress: bool = False) -> list:
+    """[fn(**job) for job in jobs], run in `workers` processes when workers > 1; results in job order.
+    `fn` must be importable (a module-level function of this package); an exception in a job is raised here."""
+    from tqdm.auto import tqdm
+
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(**j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+    from concurrent.futures import as_completed
+
+    ex = _pool(workers)
+    futures = {ex.submit(fn, **j): i for i, j in enumerate(jobs)}
+    out: list = [None] * len(jobs)
+    try:
+        for f in tqdm(as_completed(futures), total=len(jobs), desc=f"{desc} ({workers} processes)",
+                      disable=not progress):
+            out[futures[f]] = f.result()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return out
+
+
 def init_distributed() -> tuple[int, int]:
     """Initialize torch.distributed from torchrun's environment (nccl on GPUs, gloo on CPUs); no-op otherwise."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():

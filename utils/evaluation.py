@@ -269,10 +269,17 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
 
     if cache_dir is None:
         return compute()
+    return cached_json(*_sweep_cache(clf, x, y, model=model, task=task, attack=attack, norm=norm, eps_list=eps_list,
+                                     steps=steps, restarts=restarts, seed=seed, regime=regime, cache_dir=cache_dir),
+                       compute)
+
+
+def _sweep_cache(clf, x, y, *, model, task, attack, norm, eps_list, steps, restarts, seed, regime, cache_dir):
+    """(folder, name, key) of one sweep's cache entry (see `attack_sweep`)."""
     key = {"weights": weights_digest(clf), "points": _points_digest(x, y), "attack": attack, "norm": norm,
            "eps": list(eps_list), "steps": steps, "restarts": restarts, "seed": seed, "model": model, "task": task,
            "regime": regime}
-    return cached_json(Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key, compute)
+    return Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key
 
 
 def _points_digest(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -324,6 +331,66 @@ def square_check(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
             "steps": n_queries, "restarts": 1, "accuracy": acc, "n": len(y), "flags": flags}
 
 
+def _cached_job(fn, cache_dir, name: str, key: dict, **kwargs):
+    """fn(**kwargs), cached as JSON under `cache_dir` (no cache when None); a module-level function, so that worker
+    processes can run it."""
+    if cache_dir is None:
+        return fn(**kwargs)
+    from utils.results import cached_json
+
+    return cached_json(cache_dir, name, key, lambda: fn(**kwargs))
+
+
+def run_transfer(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, task: str,
+                 eps_list: list[float], steps: int, supervised: str = "supervised", seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Transfer attacks in both directions: PGD L-inf crafted on the supervised classifier and scored on every SSL
+    one, and crafted on each SSL classifier and scored on the supervised one. One job per source (in worker
+    processes on a CPU), each cached under `<cache_dir>/transfer/`. Returns tidy rows."""
+    from utils.evaluate import local_workers, map_jobs
+
+    sup = classifiers[supervised]
+    plan = [(supervised, {m: c for m, c in classifiers.items() if m != supervised})] + \
+           [(m, {supervised: sup}) for m in classifiers if m != supervised]
+    jobs = []
+    for source, targets in plan:
+        key = {"source": weights_digest(classifiers[source]), "targets": {t: weights_digest(c) for t, c in
+                                                                           targets.items()},
+               "points": _points_digest(x, y), "eps": list(eps_list), "steps": steps, "seed": seed, "task": task}
+        jobs.append(dict(fn=transfer_sweep, cache_dir=None if cache_dir is None else Path(cache_dir) / "transfer",
+                         name=f"{source}-{task}", key=key, source=classifiers[source], targets=targets, x=x, y=y,
+                         source_name=source, task=task, eps_list=eps_list, steps=steps, seed=seed, device=device))
+    out = map_jobs(_cached_job, jobs, workers=local_workers(device, len(jobs)), desc="transfer", progress=progress)
+    return [r for rows in out for r in rows]
+
+
+def grid_accuracy(masks: dict, key: tuple, eps_list: list[float], eps: float, n: int | None = None) -> float:
+    """Robust accuracy at `eps` on the first `n` points, read from the masks of `run_attack_grid` (key = (model,
+    task, attack, norm); `eps_list` = the sweep's eps grid)."""
+    grid = sorted(float(e) for e in eps_list)
+    hits = [i for i, e in enumerate(grid) if abs(e - eps) < 1e-9]
+    if not hits:
+        raise ValueError(f"eps={eps:.6g} is not on the attacked grid {grid}: add it to the eps list of the sweep")
+    return float(masks[key][hits[0], :n].float().mean())
+
+
+def run_square(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, task: str, eps: float,
+               n_queries: int, whitebox_accuracy: dict[str, float], seed: int = 0,
+               cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """`square_check` for every classifier (one job each, in worker processes on a CPU), cached under
+    `<cache_dir>/square/`. `whitebox_accuracy[model]`: the white-box robust accuracy on the same points and eps."""
+    from utils.evaluate import local_workers, map_jobs
+
+    jobs = []
+    for m, clf in classifiers.items():
+        key = {"weights": weights_digest(clf), "points": _points_digest(x, y), "eps": eps, "queries": n_queries,
+               "seed": seed, "task": task, "whitebox": whitebox_accuracy[m]}
+        jobs.append(dict(fn=square_check, cache_dir=None if cache_dir is None else Path(cache_dir) / "square",
+                         name=f"{m}-{task}", key=key, clf=clf, x=x, y=y, model=m, task=task, eps=eps,
+                         n_queries=n_queries, whitebox_accuracy=whitebox_accuracy[m], seed=seed))
+    return map_jobs(_cached_job, jobs, workers=local_workers(device, len(jobs)), desc="square", progress=progress)
+
+
 def bootstrap_gap(mask_ssl: torch.Tensor, mask_sup: torch.Tensor, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[float, float, float]:
     """Paired bootstrap over test points of acc(SSL) - acc(supervised); masks are 0/1 [n] on the same points.
@@ -363,19 +430,33 @@ def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[
     Returns (tidy DataFrame, masks) with `masks[(model, task, attack, norm)]` a 0/1 tensor [len(eps), n].
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    rows, masks = [], {}
-    jobs = [(m, t, s) for (m, t) in classifiers for s in settings]
-    for model, task, s in tqdm(jobs, desc=f"attacks ({regime})", disable=not progress):
+    from utils.evaluate import local_workers, map_jobs
+    from utils.results import cached_result
+
+    jobs = []
+    for model, task in classifiers:
         x, y = points[task]
-        one_step = s["attack"] == "fgsm"
-        out = attack_sweep(classifiers[(model, task)], x, y, model=model, task=task, attack=s["attack"],
-                           norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
-                           restarts=1 if one_step else restarts, regime=regime, seed=seed, cache_dir=cache_dir,
-                           device=device)
+        for s in settings:
+            one_step = s["attack"] == "fgsm"
+            jobs.append(dict(clf=classifiers[(model, task)], x=x, y=y, model=model, task=task, attack=s["attack"],
+                             norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
+                             restarts=1 if one_step else restarts, regime=regime, seed=seed, cache_dir=cache_dir,
+                             device=device))
+    # what is cached is read here; the rest runs in worker processes (one per core on a CPU)
+    outs = [None if cache_dir is None else
+            cached_result(*_sweep_cache(**{k: v for k, v in j.items() if k != "device"})) for j in jobs]
+    todo = [i for i, o in enumerate(outs) if o is None]
+    if progress and len(todo) < len(jobs):
+        print(f"attacks ({regime}): {len(jobs) - len(todo)} of {len(jobs)} sweeps read from the cache")
+    done = map_jobs(attack_sweep, [jobs[i] for i in todo], workers=local_workers(device, len(todo)),
+                    desc=f"attacks ({regime})", progress=progress)
+    for i, o in zip(todo, done):
+        outs[i] = o
+    rows, masks = [], {}
+    for j, out in zip(jobs, outs):
         rows.extend(out["rows"])
-        masks[(model, task, s["attack"], s["norm"])] = torch.tensor(out["mask"], dtype=torch.uint8)
+        masks[(j["model"], j["task"], j["attack"], j["norm"])] = torch.tensor(out["mask"], dtype=torch.uint8)
     return pd.DataFrame(rows), masks
 
 

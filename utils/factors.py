@@ -39,32 +39,62 @@ def run_factor_ablation(methods: list[str], levels: list[Level], base: dict, *, 
 
     `base`: pretraining parameters shared by all levels (arch, n_pretrain, epochs, batch_size, lr, augmentations,
     seed, data_root); `probe_data`: a `utils.data.classification_task` dict; `attack_points`: (x, y) test points.
-    Returns a DataFrame: method, factor, level, clean, robust, eps, steps, restarts, n, pretrain_s, flags.
+    Two phases, each spread over worker processes on a CPU: the distinct pretraining runs (levels that share a run,
+    such as the base run or the snapshots of one long run, train it once), then one probe + attack per level.
+    Returns a DataFrame with the tidy columns of notebook 03 (model, regime, task, attack, norm, eps, steps, restarts,
+    accuracy = robust accuracy at `ref_eps`, n, flags) plus method, factor, level, clean, robust and pretrain_s.
     """
     import pandas as pd
+
+    from utils.evaluate import local_workers, map_jobs
+    from utils.results import param_hash
+
+    jobs = [(m, lv, {**base, **lv.overrides}) for m in methods for lv in levels]
+    runs: dict[str, dict] = {}
+    for m, _, params in jobs:
+        runs.setdefault(param_hash({"method": m, **params}), {"method": m, **params})
+    keys = list(runs)
+    trained = map_jobs(_pretrain, [{"job": runs[k], "cache_dir": cache_dir} for k in keys],
+                       workers=local_workers(device, len(keys)), desc="factor ablation: pretraining",
+                       progress=progress)
+    wall = dict(zip(keys, trained))
+    level_jobs = [dict(method=m, level=lv, params=params, cache_dir=cache_dir, probe_data=probe_data,
+                       attack_points=attack_points, ref_eps=ref_eps, steps=steps, probe_iters=probe_iters, seed=seed,
+                       device=device, pretrain_s=wall[param_hash({"method": m, **params})]) for m, lv, params in jobs]
+    rows = map_jobs(_level_row, level_jobs, workers=local_workers(device, len(level_jobs)),
+                    desc="factor ablation: probe + attack", progress=progress)
+    return pd.DataFrame(rows)
+
+
+def _pretrain(job: dict, cache_dir: str) -> float:
+    """Train (or find in the cache) one pretraining run; returns its training wall time in seconds."""
+    from utils.ssl import pretrain_or_load
+
+    params = dict(job)
+    _, info = pretrain_or_load(params.pop("method"), **params, cache_dir=cache_dir, progress=False)
+    return round(info.get("wall_time_s", 0.0), 1)
+
+
+def _level_row(*, method: str, level: Level, params: dict, cache_dir: str, probe_data: dict, attack_points: tuple,
+               ref_eps: float, steps: int, probe_iters: int, seed: int, device: str, pretrain_s: float) -> dict:
+    """One level of one method: its encoder from the cache, a linear probe, PGD L-inf at 0 and `ref_eps`."""
     import torch
-    from tqdm.auto import tqdm
 
     from utils import attacks
     from utils.evaluation import linear_probe
     from utils.ssl import load_epoch_checkpoint, pretrain_or_load
 
-    rows = []
+    encoder, _ = pretrain_or_load(method, **params, cache_dir=cache_dir, progress=False)
+    if level.snapshot_epoch is not None and level.snapshot_epoch != params["epochs"]:
+        snap_params = {k: v for k, v in params.items() if k not in ("keep_epochs", "data_root")}
+        encoder = load_epoch_checkpoint(method, level.snapshot_epoch, **snap_params, cache_dir=cache_dir)
+    clf = linear_probe(encoder, probe_data["x_train"], probe_data["y_train"], probe_data["n_classes"],
+                       iters=probe_iters, seed=seed, device=device)
+    torch.manual_seed(seed)
     x, y = attack_points
-    jobs = [(m, lv) for m in methods for lv in levels]
-    for method, lv in tqdm(jobs, desc="factor ablation", disable=not progress):
-        params = {**base, **lv.overrides}
-        encoder, info = pretrain_or_load(method, **params, cache_dir=cache_dir, progress=False)
-        if lv.snapshot_epoch is not None and lv.snapshot_epoch != params["epochs"]:
-            snap_params = {k: v for k, v in params.items() if k not in ("keep_epochs", "data_root")}
-            encoder = load_epoch_checkpoint(method, lv.snapshot_epoch, **snap_params, cache_dir=cache_dir)
-        clf = linear_probe(encoder, probe_data["x_train"], probe_data["y_train"], probe_data["n_classes"],
-                           iters=probe_iters, seed=seed, device=device)
-        torch.manual_seed(seed)
-        res = attacks.robust_accuracy(clf, x, y, eps_list=[0.0, ref_eps], attack="pgd", norm="linf", steps=steps,
-                                      restarts=1, seed=seed)
-        rows.append({"method": method, "factor": lv.factor, "level": lv.level, "clean": res[0.0],
-                     "robust": res[ref_eps], "eps": ref_eps, "attack": "pgd", "norm": "linf", "steps": steps,
-                     "restarts": 1, "n": res.n, "pretrain_s": round(info.get("wall_time_s", 0.0), 1),
-                     "flags": ";".join(res.flags)})
-    return pd.DataFrame(rows)
+    res = attacks.robust_accuracy(clf, x, y, eps_list=[0.0, ref_eps], attack="pgd", norm="linf", steps=steps,
+                                  restarts=1, seed=seed)
+    return {"model": method, "regime": "linear", "task": probe_data.get("task", "fashion_mnist"),
+            "accuracy": res[ref_eps], "method": method, "factor": level.factor, "level": level.level,
+            "clean": res[0.0], "robust": res[ref_eps], "eps": ref_eps, "attack": "pgd", "norm": "linf", "steps": steps,
+            "restarts": 1, "n": res.n, "pretrain_s": pretrain_s, "flags": ";".join(res.flags)}

@@ -135,6 +135,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def cached_result(cache_dir: str | os.PathLike, name: str, params: dict) -> Any | None:
+    """What `cached_json(cache_dir, name, params, ...)` would return without computing, or None when not cached."""
+    path = Path(cache_dir) / f"{name}-{param_hash(params)}.json"
+    try:
+        return read_json(path)["result"] if path.is_file() else None
+    except (json.JSONDecodeError, KeyError):
+        return None
+
+
 def cached_json(cache_dir: str | os.PathLike, name: str, params: dict, compute: Callable[[], Any],
                 force: bool = False) -> Any:
     """Return the JSON result of `compute()` stored under `<cache_dir>/<name>-<param_hash>.json`, computing it once.
