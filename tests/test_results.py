@@ -79,6 +79,17 @@ def test_nan_loss_in_finetuning_names_model_and_epoch_and_keeps_saved_classifier
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_finetuning_keeps_batchnorm_statistics_frozen_by_default(freeze_bn):
+    clf = _tiny_classifier()
+    stats = {k: v.clone() for k, v in clf.state_dict().items() if "running" in k}
+    x, y = torch.rand(64, 1, 28, 28) * 0.3, torch.randint(0, 10, (64,))  # other statistics than the defaults
+    evaluation.finetune(clf, x, y, epochs=1, batch_size=32, lr=1e-4, freeze_bn=freeze_bn)
+    same = all(torch.equal(v, clf.state_dict()[k]) for k, v in stats.items())
+    assert same == freeze_bn
+    assert not clf.training  # returned in eval mode either way
+
+
 def test_wrong_channel_count_and_tiny_images_are_named():
     enc = build_encoder("resnet_micro")
     with pytest.raises(ValueError, match=r"\[N, 1, H, W\].*got shape \(2, 3, 28, 28\)"):

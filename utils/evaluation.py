@@ -144,8 +144,13 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
 
 def finetune(clf: Classifier, x, y, *, epochs: int, lr: float = 1e-3, batch_size: int = 128, wd: float = 5e-4,
              seed: int = 0, adversarial: dict | None = None, device: str = "cpu", amp: bool = True,
-             progress: bool = False, name: str = "model") -> tuple[Classifier, list[float]]:
+             freeze_bn: bool = True, progress: bool = False, name: str = "model") -> tuple[Classifier, list[float]]:
     """Full fine-tuning of encoder + head (AdamW, cosine schedule, bf16 autocast); returns (model, loss per epoch).
+
+    `freeze_bn` (default) keeps every BatchNorm in eval mode: its statistics stay those the linear head was fitted
+    on, so fine-tuning starts from exactly the linear classifier. (With batch statistics, a transfer task such as the
+    digits, 1,258 images = 20 steps, starts from shifted features and ended worse than the linear probe: clean
+    accuracy 0.974 -> 0.840 in the cpu profile.)
 
     `adversarial={"eps": 4/255, "steps": 3}` turns it into PGD adversarial training (Madry et al.): each batch is
     replaced by L-inf PGD adversarials (random start, step 2.5*eps/steps) crafted against the current model in eval
@@ -170,6 +175,10 @@ def finetune(clf: Classifier, x, y, *, epochs: int, lr: float = 1e-3, batch_size
                 xb = pgd_train_batch(clf, xb, yb, eps=adversarial["eps"], steps=adversarial["steps"], generator=g,
                                      amp=amp, device=device)
             clf.train()
+            if freeze_bn:
+                for m in clf.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             with amp_context(device, amp):
                 loss = F.cross_entropy(clf(xb).float(), yb)
             if not torch.isfinite(loss):
@@ -494,7 +503,7 @@ def adapted_classifier(linear_path: str | os.PathLike, x, y, *, regime: str, cac
         raise ValueError(f"regime must be 'finetuned' or 'adv-finetuned', got {regime!r}")
     start = load_classifier(linear_path)
     key = {"start": weights_digest(start), "points": _points_digest(x, y), "regime": regime, "epochs": epochs,
-           "lr": lr, "batch_size": batch_size, "seed": seed}
+           "lr": lr, "batch_size": batch_size, "seed": seed, "freeze_bn": True}
     if regime == "adv-finetuned":
         key.update(adv_eps=adv_eps, adv_steps=adv_steps)
     path = classifier_path(cache_dir, method, task, regime)
