@@ -113,6 +113,11 @@ def _cores() -> int:
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
+    # Ctrl-C / a kernel shutdown reaches the whole process group: the parent handles it (cancels what has not
+    # started); idle workers would only print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
 
