@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from utils.attacks import robust_accuracy  # noqa: E402
 from utils.data import load_fashion_mnist  # noqa: E402
 from utils.models import IMAGENET_MEAN, IMAGENET_STD, Classifier, Normalize, build_encoder  # noqa: E402
-from utils.results import atomic_save  # noqa: E402
+from utils.store import atomic_save  # noqa: E402
 
 CACHE = ROOT / "cache" / "bench"
 

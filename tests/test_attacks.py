@@ -298,17 +298,17 @@ def test_losses_by_hand():
 def test_ball_check_catches_points_outside():
     x = torch.full((3, 1, 4, 4), 0.5)
     inside = x + 0.05
-    assert attacks._ball_flags(inside, x, 0.05, "linf") == []
+    assert attacks.ball_flags(inside, x, 0.05, "linf") == []
     outside = inside.clone()
     outside[1, 0, 0, 0] = 0.5 + 0.06
-    flags = attacks._ball_flags(outside, x, 0.05, "linf")
+    flags = attacks.ball_flags(outside, x, 0.05, "linf")
     assert len(flags) == 1 and flags[0].startswith("outside_ball: 1 points")
-    assert attacks._ball_flags(x + 0.6, x, 3.0, "l2") != []  # inside the l2 ball (norm 2.4) but above 1
+    assert attacks.ball_flags(x + 0.6, x, 3.0, "l2") != []  # inside the l2 ball (norm 2.4) but above 1
 
 
 def test_apgd_checkpoint_schedule():
-    assert attacks._apgd_checkpoints(100) == (22, 3, 6)
-    assert attacks._apgd_checkpoints(10) == (2, 1, 1)
+    assert attacks.apgd_checkpoints(100) == (22, 3, 6)
+    assert attacks.apgd_checkpoints(10) == (2, 1, 1)
 
 
 def test_projection_l2():

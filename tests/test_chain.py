@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from utils import pipeline
-from utils.profiles import notebook_parameters
+from utils.config import notebook_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.list_notebooks(ROOT)

@@ -17,9 +17,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from utils import checkpoints as C
+from utils import checkpoints as C, encoders, store
+from utils.config import METHODS
 from utils.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
-from utils.profiles import METHODS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,6 +277,7 @@ def test_trusted_file_converts_to_safetensors_and_loads(tmp_path, ref):
 def test_sha256_is_checked(tmp_path, ref):
     path = _write(tmp_path, ref, "dino", "backbone", "pth")
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert store.file_sha256(path, chunk_bytes=4096) == actual  # the one file digest, read in chunks
     wrong = ("0" if actual[0] != "0" else "1") + actual[1:]
     with pytest.raises(C.ChecksumMismatchError) as err:
         C.load_backbone("dino", path, sha256=wrong)
@@ -310,3 +311,21 @@ def test_missing_or_broken_file_errors_name_the_fix(tmp_path, ref):
     with pytest.raises(C.CheckpointError, match="corrupt or truncated") as err:
         C.load_backbone("vicreg", truncated)
     assert not isinstance(err.value, C.UnsafeCheckpointError)
+
+
+def test_nothing_trained_here_means_the_official_files_under_checkpoint_root(tmp_path, ref):
+    """`paper` trains nothing (epochs = n_pretrain = 0): notebook 01's encoders are the official files, read from the
+    `checkpoint_root` passed (or the one in the 01 parameters); any profile whose 01 parameters train nothing does."""
+    _write(tmp_path, ref, "dino", "backbone", "pth", name=C.REGISTRY["dino"].file_name)
+    _write(tmp_path, ref, "vicreg", "backbone", "safetensors", name="vicreg_resnet50.safetensors")
+    out = encoders.pretrained_encoders("paper", ["dino", "vicreg"], checkpoint_root=tmp_path)
+    assert list(out) == ["dino", "vicreg"]
+    assert out["dino"][1] == {"method": "dino", "path": str(tmp_path / "dino_resnet50_pretrain.pth"), "from_cache": True}
+    assert out["vicreg"][1]["path"] == str(tmp_path / "vicreg_resnet50.safetensors")
+    params01 = {"epochs": 0, "n_pretrain": 0, "checkpoint_root": str(tmp_path)}
+    loaded = encoders.load_encoders("paper", ["dino"], device="cpu", checkpoint_root=tmp_path)
+    for model in (out["dino"][0], out["vicreg"][0], loaded["dino"][0],
+                  encoders.pretrained_encoders("smoke", ["dino"], params01=params01)["dino"][0]):
+        assert not model.training
+        with torch.no_grad():
+            torch.testing.assert_close(model(ref["x"]), ref["feats"]["imagenet"], rtol=0, atol=0)

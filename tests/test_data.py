@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from utils import data
-from utils.profiles import PROFILES, notebook_parameters, output_dirs
+from utils.config import PROFILES, notebook_parameters, output_dirs
 
 
 def test_fashion_mnist_shapes_ranges_and_labels(data_root):

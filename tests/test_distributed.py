@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.evaluate import sharded_robust_accuracy
+from utils.parallel import map_jobs
+from utils.robustness import run_attack_grid, sharded_robust_accuracy
 
 SCRIPT = r'''
 import json, sys, torch
-from utils.evaluate import init_distributed, sharded_robust_accuracy
+from utils.parallel import init_distributed
+from utils.robustness import sharded_robust_accuracy
 torch.set_num_threads(1)
 rank, size = init_distributed()
 torch.manual_seed(0)
@@ -60,8 +62,6 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 def test_worker_processes_give_the_numbers_of_one_process(tmp_path, monkeypatch):
     """run_attack_grid spread over 2 spawned worker processes = the same per-point verdicts as in-process."""
-    from utils.evaluation import run_attack_grid
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(8 * 13 * 13, 10)).eval()
@@ -85,8 +85,7 @@ def test_worker_processes_give_the_numbers_of_one_process(tmp_path, monkeypatch)
 
 
 def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
-    from utils.attacks import _check_eps
-    from utils.evaluate import map_jobs
+    from utils.attacks import check_eps
 
     with pytest.raises(ValueError, match="eps"):
-        map_jobs(_check_eps, [{"eps": 0.1}, {"eps": -1.0}], workers=2)
+        map_jobs(check_eps, [{"eps": 0.1}, {"eps": -1.0}], workers=2)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from utils import evaluation, results
+from utils import models, probe, robustness, runtime, store as results
 from utils.models import Classifier, build_encoder
 
 
@@ -69,13 +69,13 @@ def _tiny_classifier(seed=0):
 
 def test_nan_loss_in_finetuning_names_model_and_epoch_and_keeps_saved_classifier(tmp_path):
     clf = _tiny_classifier()
-    path = evaluation.save_classifier(clf, tmp_path / "clf.safetensors", {"arch": "resnet_micro", "n_classes": 10})
+    path = models.save_classifier(clf, tmp_path / "clf.safetensors", {"arch": "resnet_micro", "n_classes": 10})
     before = path.read_bytes()
     x = torch.rand(32, 1, 28, 28)
     x[0, 0, 0, 0] = float("nan")
     y = torch.randint(0, 10, (32,))
-    with pytest.raises(evaluation.TrainingDivergedError, match=r"clf-under-test.*epoch 1"):
-        evaluation.finetune(evaluation.load_classifier(path), x, y, epochs=1, batch_size=32, name="clf-under-test")
+    with pytest.raises(runtime.TrainingDivergedError, match=r"clf-under-test.*epoch 1"):
+        probe.finetune(models.load_classifier(path), x, y, epochs=1, batch_size=32, name="clf-under-test")
     assert path.read_bytes() == before
 
 
@@ -84,7 +84,7 @@ def test_finetuning_keeps_batchnorm_statistics_frozen_by_default(freeze_bn):
     clf = _tiny_classifier()
     stats = {k: v.clone() for k, v in clf.state_dict().items() if "running" in k}
     x, y = torch.rand(64, 1, 28, 28) * 0.3, torch.randint(0, 10, (64,))  # other statistics than the defaults
-    evaluation.finetune(clf, x, y, epochs=1, batch_size=32, lr=1e-4, freeze_bn=freeze_bn)
+    probe.finetune(clf, x, y, epochs=1, batch_size=32, lr=1e-4, freeze_bn=freeze_bn)
     same = all(torch.equal(v, clf.state_dict()[k]) for k, v in stats.items())
     assert same == freeze_bn
     assert not clf.training  # returned in eval mode either way
@@ -101,21 +101,19 @@ def test_wrong_channel_count_and_tiny_images_are_named():
 def test_eps_out_of_range_fails_before_touching_the_cache(tmp_path):
     clf = _tiny_classifier()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    evaluation.attack_sweep(clf, x, y, model="m", task="t", attack="pgd", norm="linf", eps_list=[0, 0.01], steps=1,
+    robustness.attack_sweep(clf, x, y, model="m", task="t", attack="pgd", norm="linf", eps_list=[0, 0.01], steps=1,
                             cache_dir=tmp_path)
     files = {p: p.read_bytes() for p in tmp_path.rglob("*.json")}
     with pytest.raises(ValueError, match="eps"):
-        evaluation.attack_sweep(clf, x, y, model="m", task="t", attack="pgd", norm="linf", eps_list=[0, -0.1],
+        robustness.attack_sweep(clf, x, y, model="m", task="t", attack="pgd", norm="linf", eps_list=[0, -0.1],
                                 steps=1, cache_dir=tmp_path)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.json")} == files
 
 
 def test_same_seed_same_numbers():
-    from utils.evaluate import sharded_robust_accuracy
-
     clf = _tiny_classifier()
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     y = clf(x).argmax(1)
-    a = sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
-    b = sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
+    a = robustness.sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
+    b = robustness.sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
     assert torch.equal(a.robust_mask, b.robust_mask)

@@ -1,5 +1,6 @@
-"""The SSL losses checked by hand, the augmentation families, one step of every method, and the pretraining loop's
-cache, resume and divergence behaviour (tiny synthetic data, resnet_micro: seconds)."""
+"""The SSL losses checked by hand, the augmentation families, one step of every method, the pretraining loop's
+cache, resume and divergence behaviour (tiny synthetic data, resnet_micro: seconds), its seed and learning-rate
+schedule against the formulas its cached weights were trained with, and how notebook 01's encoders are chosen."""
 from __future__ import annotations
 
 import math
@@ -10,15 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import ssl
+from utils import encoders, pretrain, runtime, ssl
 from utils.augment import make_augment
+from utils.checkpoints import CheckpointNotFoundError
+from utils.config import AUGMENTATIONS, METHODS as PROFILE_METHODS, notebook_parameters, output_dirs
 from utils.models import build_encoder
-from utils.profiles import AUGMENTATIONS, METHODS as PROFILE_METHODS
+from utils.store import param_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,20 +263,20 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def test_cache_is_reused(tmp_path):
     calls = []
-    enc, info = ssl.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1),
-                                     on_epoch_end=lambda e, l: calls.append(e))
+    enc, info = pretrain.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1),
+                                          on_epoch_end=lambda e, l: calls.append(e))
     assert not info["from_cache"] and calls == [1] and len(info["loss_history"]) == 1
     assert not enc.training and next(enc.parameters()).dtype == torch.float32
     files = sorted(p.name for p in (tmp_path / "encoders").iterdir())
     assert files == [f"barlowtwins-{info['param_hash']}.json", f"barlowtwins-{info['param_hash']}.safetensors"]
-    enc2, info2 = ssl.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1),
-                                       on_epoch_end=lambda e, l: calls.append(e))
+    enc2, info2 = pretrain.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1),
+                                            on_epoch_end=lambda e, l: calls.append(e))
     assert info2["from_cache"] and calls == [1] and info2["epochs_run_now"] == 0
     assert info2["loss_history"] == info["loss_history"] and _same_weights(enc, enc2)
     side = info2["sidecar"]
     assert side["method"] == "barlowtwins" and side["param_hash"] == info["param_hash"] and side["epochs"] == 1
     # another seed is another run
-    _, info3 = ssl.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1, seed=1))
+    _, info3 = pretrain.pretrain_or_load("barlowtwins", **_kwargs(tmp_path, epochs=1, seed=1))
     assert not info3["from_cache"] and info3["param_hash"] != info["param_hash"]
 
 
@@ -282,16 +286,17 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("name", ["mocov2", "dino"])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, name):
-    full, full_info = ssl.pretrain_or_load(name, **_kwargs(tmp_path / "a"))
+    full, full_info = pretrain.pretrain_or_load(name, **_kwargs(tmp_path / "a"))
 
     def stop_after_1(epoch, loss):
         if epoch == 1:
             raise _Stop
 
     with pytest.raises(_Stop):
-        ssl.pretrain_or_load(name, **_kwargs(tmp_path / "b"), on_epoch_end=stop_after_1)
+        pretrain.pretrain_or_load(name, **_kwargs(tmp_path / "b"), on_epoch_end=stop_after_1)
     ran = []
-    resumed, info = ssl.pretrain_or_load(name, **_kwargs(tmp_path / "b"), on_epoch_end=lambda e, l: ran.append(e))
+    resumed, info = pretrain.pretrain_or_load(name, **_kwargs(tmp_path / "b"),
+                                              on_epoch_end=lambda e, l: ran.append(e))
     assert ran == [2, 3] and info["resumed_from_epoch"] == 1 and info["epochs_run_now"] == 2
     assert info["loss_history"] == full_info["loss_history"]
     assert _same_weights(full, resumed)
@@ -307,12 +312,12 @@ def test_keep_epochs_snapshots(tmp_path):
         seen[epoch] = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
 
     kw = _kwargs(tmp_path, epochs=2)
-    enc, info = ssl.pretrain_or_load("simclr", **kw, keep_epochs=[1], on_epoch_end=grab)
-    snap = ssl.load_epoch_checkpoint("simclr", 1, **{k: v for k, v in kw.items() if k != "progress"})
+    enc, info = pretrain.pretrain_or_load("simclr", **kw, keep_epochs=[1], on_epoch_end=grab)
+    snap = pretrain.load_epoch_checkpoint("simclr", 1, **{k: v for k, v in kw.items() if k != "progress"})
     assert all(torch.equal(snap.state_dict()[k], seen[1][k].float()) for k in seen[1])
     assert not _same_weights(snap, enc)
     with pytest.raises(FileNotFoundError, match="keep_epochs=\\[2\\]"):
-        ssl.load_epoch_checkpoint("simclr", 2, **{k: v for k, v in kw.items() if k != "progress"})
+        pretrain.load_epoch_checkpoint("simclr", 2, **{k: v for k, v in kw.items() if k != "progress"})
 
 
 def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -331,43 +336,111 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         good.update(path=ckpt, bytes=ckpt.read_bytes())
         state["poison"] = True  # epoch 2 diverges
 
-    with pytest.raises(ssl.TrainingDivergedError, match=r"simclr diverged at epoch 2.*last good checkpoint \(epoch 1\)"):
-        ssl.pretrain_or_load("simclr", **_kwargs(tmp_path), on_epoch_end=after)
+    with pytest.raises(runtime.TrainingDivergedError,
+                       match=r"simclr diverged at epoch 2.*last good checkpoint \(epoch 1\)"):
+        pretrain.pretrain_or_load("simclr", **_kwargs(tmp_path), on_epoch_end=after)
     assert good["path"].read_bytes() == good["bytes"]
     assert torch.load(good["path"], weights_only=True)["epoch"] == 1
     assert not list((tmp_path / "encoders").glob("*.safetensors"))
 
 
-def test_quick_linear_probe_separable_and_chance():
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(400) % 4
-    x = torch.rand(400, 1, 8, 8, generator=g) * 0.2
-    x[torch.arange(400), 0, 0, y] += 0.8  # the class is written in one pixel, with a margin: linearly separable
-    flat = nn.Flatten()
-    assert ssl.quick_linear_probe(flat, x[:300], y[:300], x[300:], y[300:]) == 1.0
-    noise = torch.rand(400, 1, 8, 8, generator=g)
-    assert ssl.quick_linear_probe(flat, noise[:300], y[:300], noise[300:], y[300:]) < 0.5
-
-
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown augmentation"):
-        ssl.pretrain_or_load("simclr", **_kwargs(tmp_path, augmentations=["crop", "cutout"]))
+        pretrain.pretrain_or_load("simclr", **_kwargs(tmp_path, augmentations=["crop", "cutout"]))
     with pytest.raises(ValueError, match="epochs must be >= 1"):
-        ssl.pretrain_or_load("simclr", **_kwargs(tmp_path, epochs=0))
+        pretrain.pretrain_or_load("simclr", **_kwargs(tmp_path, epochs=0))
     with pytest.raises(ValueError, match="unknown method"):
-        ssl.pretrain_or_load("mocov9", **_kwargs(tmp_path))
+        pretrain.pretrain_or_load("mocov9", **_kwargs(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ cache key, schedule
+
+def _epoch_seed_before(seed, epoch):  # the formula the cached encoders were trained with (utils/ssl.py, v1)
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2 ** 63 - 1)
+
+
+def _lr_before(step, total, base_lr, warmup_frac=0.1):  # idem
+    warm = max(1, int(round(warmup_frac * total)))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    q = (step - warm) / max(1, total - warm)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * q)))
+
+
+def test_seed_and_lr_schedule_reproduce_the_formulas_the_cached_weights_were_trained_with():
+    for seed in [*range(50), 1234, 2 ** 31 - 1, 10 ** 9]:
+        for epoch in range(0, 202):
+            assert runtime.derive_seed(seed, epoch, runtime.SEED_STREAM_EPOCH) == _epoch_seed_before(seed, epoch)
+    wd = 1e-5
+    for total in [*range(1, 120), 312, 936]:
+        for step in range(total):
+            factor = runtime.lr_factor(step, total, warmup=pretrain.WARMUP, floor=pretrain.LR_FLOOR)
+            assert factor == _lr_before(step, total, 1.0)  # exactly the old schedule's factor
+            for lr in (1e-3, 2e-3, 5e-3):
+                new, old = lr * factor, _lr_before(step, total, lr)
+                # the rate itself may differ in the last bits of a double during warm-up (the peak rate multiplies
+                # last), but AdamW on the CPU applies it as float32 scalars, and those are equal: same weights
+                assert new == pytest.approx(old, rel=1e-15, abs=0)
+                bc1 = 1 - 0.9 ** (step + 1)
+                assert np.float32(new / bc1) == np.float32(old / bc1)
+                assert np.float32(1 - new * wd) == np.float32(1 - old * wd)
+
+
+def test_cache_key_is_unchanged():
+    """The hashes the cache files already carry: a change here would orphan every trained encoder."""
+    kw = dict(arch="resnet_micro", augmentations=AUGMENTATIONS)
+    params = pretrain.training_params("simclr", n_pretrain=256, epochs=1, batch_size=64, lr=1e-3, seed=0, **kw)
+    assert param_hash(params) == "1ffaf2b1a41e" and params["code_version"] == pretrain.SSL_CODE_VERSION == 1
+    g = torch.Generator().manual_seed(1)
+    data = (torch.rand(208, 1, 28, 28, generator=g), torch.arange(208) % 10)
+    params = pretrain.training_params("mocov2", n_pretrain=208, epochs=2, batch_size=16, lr=5e-3, seed=3, data=data,
+                                      **kw)
+    assert params["data_sha256"] == "6b4fc627b4d2e957"
+    assert param_hash(params) == "ee9b4f781e03"
+    assert pretrain.encoder_paths("c", params)["encoder"] == Path("c/encoders/mocov2-ee9b4f781e03.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------ notebook 01's encoders
+
+def test_pretrained_encoders_trains_with_the_01_parameters_or_reads_official_files(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_pretrain(method, **kw):
+        calls.append((method, kw))
+        return nn.Identity(), {"method": method}
+
+    monkeypatch.setattr(encoders, "pretrain_or_load", fake_pretrain)
+    p01 = {**notebook_parameters("smoke", "01"), "epochs": 3, "lr": 0.5}  # a knob changed in notebook 01
+    out = encoders.pretrained_encoders("smoke", ["simclr", "dino"], params01=p01, cache_dir=tmp_path)
+    assert list(out) == ["simclr", "dino"] and out["dino"][1] == {"method": "dino"}
+    assert calls[0] == ("simclr", dict(arch=p01["arch"], n_pretrain=p01["n_pretrain"], epochs=3,
+                                       batch_size=p01["batch_size"], lr=0.5, augmentations=p01["augmentations"],
+                                       seed=p01["seed"], data_root=p01["data_root"], cache_dir=tmp_path,
+                                       profile="smoke", progress=False))
+    calls.clear()  # defaults: the profile's own 01 parameters and cache
+    encoders.pretrained_encoders("smoke", ["byol"], progress=True)
+    assert calls[0][1]["epochs"] == notebook_parameters("smoke", "01")["epochs"] and calls[0][1]["progress"]
+    assert calls[0][1]["cache_dir"] == output_dirs("smoke")["cache_dir"]
+    calls.clear()  # nothing trained here (epochs == 0 or n_pretrain == 0): the official files, under checkpoint_root
+    for nothing in ({"epochs": 0}, {"n_pretrain": 0}):
+        with pytest.raises(CheckpointNotFoundError, match="checkpoint_root='[^']*official'"):
+            encoders.pretrained_encoders("smoke", ["dino"], params01={**p01, **nothing},
+                                         checkpoint_root=tmp_path / "official")
+    with pytest.raises(CheckpointNotFoundError, match="checkpoint_root='elsewhere'"):
+        encoders.pretrained_encoders("smoke", ["dino"], params01={**p01, "epochs": 0, "checkpoint_root": "elsewhere"})
+    assert not calls
 
 
 _KILL_SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
-from utils import ssl
-from utils.profiles import AUGMENTATIONS
+from utils import pretrain
+from utils.config import AUGMENTATIONS
 g = torch.Generator().manual_seed(0)
 x = torch.rand(1024, 1, 28, 28, generator=g); y = torch.arange(1024) % 10
-ssl.pretrain_or_load("byol", arch="resnet_micro", n_pretrain=1024, epochs=4, batch_size=128, lr=2e-3,
-                     augmentations=AUGMENTATIONS, seed=0, cache_dir={cache!r}, progress=False, data=(x, y),
-                     on_epoch_end=lambda e, l: print("EPOCH", e, flush=True))
+pretrain.pretrain_or_load("byol", arch="resnet_micro", n_pretrain=1024, epochs=4, batch_size=128, lr=2e-3,
+                          augmentations=AUGMENTATIONS, seed=0, cache_dir={cache!r}, progress=False, data=(x, y),
+                          on_epoch_end=lambda e, l: print("EPOCH", e, flush=True))
 """
 
 

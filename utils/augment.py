@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from utils.profiles import AUGMENTATIONS
+from utils.config import AUGMENTATIONS
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -126,7 +126,7 @@ def make_augment(families: Sequence[str], *, crop_scale: tuple[float, float] = (
     unknown = [f for f in families if f not in AUGMENTATIONS]
     if unknown:
         raise ValueError(f"unknown augmentation famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
-                         f"choose from {AUGMENTATIONS} (utils.profiles.AUGMENTATIONS)")
+                         f"choose from {AUGMENTATIONS} (utils.config.AUGMENTATIONS)")
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
     enabled = set(families)

@@ -17,7 +17,6 @@ training counters `*.num_batches_tracked` (absent from converted files; they do 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import re
@@ -28,14 +27,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torchvision
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from utils.models import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from utils.store import atomic_save, file_sha256
 
 __all__ = [
     "CheckpointError", "CheckpointKeyError", "UnsafeCheckpointError", "ChecksumMismatchError",
     "CheckpointNotFoundError", "CheckpointLayout", "CheckpointSpec", "REGISTRY", "registry_table",
-    "checkpoint_path", "load_backbone", "convert_to_safetensors", "file_sha256", "ResNetTrunk",
+    "checkpoint_path", "load_backbone", "convert_to_safetensors", "ResNetTrunk",
 ]
 
 
@@ -272,15 +273,6 @@ def _how_to_get(spec: CheckpointSpec) -> str:
     return f"download it from {spec.url}{rename}"
 
 
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints are ~100 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_sha256(path: Path, expected: str, origin: str, url: str) -> str:
     expected = expected.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
@@ -302,8 +294,6 @@ _SAFE_GLOBALS = [argparse.Namespace]
 def _read(path: Path, spec: CheckpointSpec) -> object:
     """Load a .safetensors or pickled checkpoint without running code from it (see the module docstring)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own SafetensorError for bad headers
@@ -348,10 +338,6 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None
         raise UnsafeCheckpointError(
             f"convert_to_safetensors would run any code embedded in {src}; pass trusted=True only if you trust its "
             f"origin (and its sha256 matches the published one)")
-    from safetensors.torch import save_file
-
-    from utils.results import atomic_save
-
     obj = torch.load(src, map_location="cpu", weights_only=False)
     state = obj
     if method is not None and isinstance(obj, Mapping):

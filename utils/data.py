@@ -5,6 +5,7 @@ Nothing is downloaded at run time except by `prepare_fashion_mnist`, the set-up 
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import shutil
@@ -179,9 +180,20 @@ def load_classification(task: str, split: str, *, data_root: str = "data", n: in
     raise ValueError(f"task {task!r} has no tensor loader; use load_image_folder/load_torchvision_set for `paper`")
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def classification_task(task: str, *, data_root: str = "data", n_train: int | None = None, n_test: int | None = None,
+                        seed: int = 0) -> dict:
+    """Train and test tensors of a classification task: {"x_train","y_train","x_test","y_test","n_classes","task"}.
 
+    The test subset is the first `n_test` points of a seeded permutation, so a notebook that attacks fewer points
+    attacks a prefix-compatible subset of the points the probe was scored on.
+    """
+    x_tr, y_tr = load_classification(task, "train", data_root=data_root, n=n_train, seed=seed)
+    x_te, y_te = load_classification(task, "test", data_root=data_root, n=n_test, seed=seed)
+    return {"task": task, "x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
+            "n_classes": int(max(y_tr.max(), y_te.max())) + 1}
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Prepare Fashion-MNIST under <root>/FashionMNIST/raw/")
     ap.add_argument("--root", default="data")
     args = ap.parse_args(argv)
@@ -196,16 +208,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def classification_task(task: str, *, data_root: str = "data", n_train: int | None = None, n_test: int | None = None,
-                        seed: int = 0) -> dict:
-    """Train and test tensors of a classification task: {"x_train","y_train","x_test","y_test","n_classes","task"}.
-
-    The test subset is the first `n_test` points of a seeded permutation, so a notebook that attacks fewer points
-    attacks a prefix-compatible subset of the points the probe was scored on.
-    """
-    x_tr, y_tr = load_classification(task, "train", data_root=data_root, n=n_train, seed=seed)
-    x_te, y_te = load_classification(task, "test", data_root=data_root, n=n_test, seed=seed)
-    return {"task": task, "x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
-            "n_classes": int(max(y_tr.max(), y_te.max())) + 1}

@@ -1,10 +1,19 @@
 """The study's four factors, one varied at a time with the rest fixed: architecture, training length, augmentation
-and batch size. Each level is a pretraining run (cached by `utils.ssl.pretrain_or_load`), a linear probe and an
+and batch size. Each level is a pretraining run (cached by `utils.pretrain.pretrain_or_load`), a linear probe and an
 attack at a reference eps; results are tidy rows (factor, level, method, clean accuracy, robust accuracy).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from utils import attacks
+from utils.parallel import local_workers, map_jobs
+from utils.pretrain import load_epoch_checkpoint, pretrain_or_load
+from utils.probe import linear_probe
+from utils.store import param_hash
 
 
 @dataclass(frozen=True)
@@ -44,23 +53,19 @@ def run_factor_ablation(methods: list[str], levels: list[Level], base: dict, *, 
     Returns a DataFrame with the tidy columns of notebook 03 (model, regime, task, attack, norm, eps, steps, restarts,
     accuracy = robust accuracy at `ref_eps`, n, flags) plus method, factor, level, clean, robust and pretrain_s.
     """
-    import pandas as pd
-
-    from utils.evaluate import local_workers, map_jobs
-    from utils.results import param_hash
-
-    jobs = [(m, lv, {**base, **lv.overrides}) for m in methods for lv in levels]
-    runs: dict[str, dict] = {}
-    for m, _, params in jobs:
-        runs.setdefault(param_hash({"method": m, **params}), {"method": m, **params})
-    keys = list(runs)
-    trained = map_jobs(_pretrain, [{"job": runs[k], "cache_dir": cache_dir} for k in keys],
-                       workers=local_workers(device, len(keys)), desc="factor ablation: pretraining",
+    jobs = []  # (method, level, pretraining parameters, the run's hash)
+    for m in methods:
+        for lv in levels:
+            params = {**base, **lv.overrides}
+            jobs.append((m, lv, params, param_hash({"method": m, **params})))
+    runs = {run: {"method": m, **params} for m, _, params, run in jobs}  # levels sharing a run train it once
+    trained = map_jobs(_pretrain, [{"job": job, "cache_dir": cache_dir} for job in runs.values()],
+                       workers=local_workers(device, len(runs)), desc="factor ablation: pretraining",
                        progress=progress)
-    wall = dict(zip(keys, trained))
+    wall = dict(zip(runs, trained))
     level_jobs = [dict(method=m, level=lv, params=params, cache_dir=cache_dir, probe_data=probe_data,
                        attack_points=attack_points, ref_eps=ref_eps, steps=steps, probe_iters=probe_iters, seed=seed,
-                       device=device, pretrain_s=wall[param_hash({"method": m, **params})]) for m, lv, params in jobs]
+                       device=device, pretrain_s=wall[run]) for m, lv, params, run in jobs]
     rows = map_jobs(_level_row, level_jobs, workers=local_workers(device, len(level_jobs)),
                     desc="factor ablation: probe + attack", progress=progress)
     return pd.DataFrame(rows)
@@ -68,8 +73,6 @@ def run_factor_ablation(methods: list[str], levels: list[Level], base: dict, *, 
 
 def _pretrain(job: dict, cache_dir: str) -> float:
     """Train (or find in the cache) one pretraining run; returns its training wall time in seconds."""
-    from utils.ssl import pretrain_or_load
-
     params = dict(job)
     _, info = pretrain_or_load(params.pop("method"), **params, cache_dir=cache_dir, progress=False)
     return round(info.get("wall_time_s", 0.0), 1)
@@ -78,12 +81,6 @@ def _pretrain(job: dict, cache_dir: str) -> float:
 def _level_row(*, method: str, level: Level, params: dict, cache_dir: str, probe_data: dict, attack_points: tuple,
                ref_eps: float, steps: int, probe_iters: int, seed: int, device: str, pretrain_s: float) -> dict:
     """One level of one method: its encoder from the cache, a linear probe, PGD L-inf at 0 and `ref_eps`."""
-    import torch
-
-    from utils import attacks
-    from utils.evaluation import linear_probe
-    from utils.ssl import load_epoch_checkpoint, pretrain_or_load
-
     encoder, _ = pretrain_or_load(method, **params, cache_dir=cache_dir, progress=False)
     if level.snapshot_epoch is not None and level.snapshot_epoch != params["epochs"]:
         snap_params = {k: v for k, v in params.items() if k not in ("keep_epochs", "data_root")}
@@ -94,7 +91,7 @@ def _level_row(*, method: str, level: Level, params: dict, cache_dir: str, probe
     x, y = attack_points
     res = attacks.robust_accuracy(clf, x, y, eps_list=[0.0, ref_eps], attack="pgd", norm="linf", steps=steps,
                                   restarts=1, seed=seed)
-    return {"model": method, "regime": "linear", "task": probe_data.get("task", "fashion_mnist"),
+    return {"model": method, "regime": "linear", "task": probe_data["task"],
             "accuracy": res[ref_eps], "method": method, "factor": level.factor, "level": level.level,
             "clean": res[0.0], "robust": res[ref_eps], "eps": ref_eps, "attack": "pgd", "norm": "linf", "steps": steps,
             "restarts": 1, "n": res.n, "pretrain_s": pretrain_s, "flags": ";".join(res.flags)}

@@ -1,13 +1,19 @@
 """Models: small ResNets for 28x28 grayscale input, normalization as a layer inside every model, classifiers built
-from an encoder and a head, and (re-exported from `utils.checkpoints`) `load_backbone` for official ResNet-50 files.
+from an encoder and a head, and their safetensors files. (Official ResNet-50 files: `utils.checkpoints`.)
 
 Contract: every model here takes images in [0, 1] of shape [N, C, H, W]; an encoder returns pooled features [N, D]
 (attribute `feat_dim` = D); a classifier returns logits [N, K].
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from utils.store import atomic_save, atomic_write_json, read_json
 
 # Fashion-MNIST pixel statistics (train split), used by the small encoders trained here.
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
@@ -124,17 +130,6 @@ def build_encoder(arch: str = "resnet_tiny", in_chans: int = 1, mean=FASHION_MEA
     return enc
 
 
-def weights_digest(module: nn.Module) -> str:
-    """sha256 (16 hex) over a module's state dict: identifies the exact weights a downstream result depends on."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class Classifier(nn.Module):
     """Encoder + linear (or any) head: [0,1] images [N,C,H,W] -> logits [N,K]. One module, ready to attack."""
 
@@ -147,52 +142,22 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def check_input(x: torch.Tensor, in_chans: int, min_size: int = 8) -> None:
-    """Raise a clear error when an image batch cannot go through a backbone (wrong channels, tiny size, wrong range)."""
-    if x.dim() != 4:
-        raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"the backbone takes {in_chans}-channel images, got {x.shape[1]} channels "
-                         f"(shape {tuple(x.shape)}); convert the data (e.g. grayscale <-> RGB) or pick another arch")
-    if min(x.shape[2:]) < min_size:
-        raise ValueError(f"image size {tuple(x.shape[2:])} is below the backbone's minimum {min_size}")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"images must lie in [0, 1] (normalization is inside the model); got range [{lo:.3g}, {hi:.3g}]")
+def save_classifier(clf: Classifier, path: str | os.PathLike, meta: dict) -> Path:
+    """Classifier weights as safetensors + a JSON sidecar (`meta` must say how to rebuild it: arch, n_classes)."""
+    state = {k: v.contiguous() for k, v in clf.state_dict().items()}
+    path = atomic_save(lambda tmp: save_file(state, tmp), path)
+    atomic_write_json(Path(path).with_suffix(".json"), meta)
+    return path
 
 
-def load_backbone(*args, **kwargs):
-    """Load an official ResNet-50 SSL/supervised checkpoint; see `utils.checkpoints.load_backbone`."""
-    from utils.checkpoints import load_backbone as _load
-
-    return _load(*args, **kwargs)
-
-
-def pretrained_encoders(profile: str, methods: list[str], *, progress: bool = False, params01: dict | None = None,
-                        checkpoint_root: str | None = None) -> dict[str, tuple[nn.Module, dict]]:
-    """The eight encoders of notebook 01 for `profile`: {method: (encoder, info)}.
-
-    `smoke`/`cpu`: trained here by `utils.ssl.pretrain_or_load` with the profile's "01" parameters (a cache hit after
-    notebook 01 ran). `paper`: the official ResNet-50 files under `checkpoint_root`, read by `load_backbone`.
-    """
-    from utils.profiles import notebook_parameters, output_dirs
-
-    p = dict(params01 or notebook_parameters(profile, "01"))
-    out = {}
-    if profile == "paper":
-        from utils.checkpoints import checkpoint_path
-
-        root = checkpoint_root or p["checkpoint_root"]
-        for m in methods:
-            path = checkpoint_path(m, root)
-            out[m] = (load_backbone(m, path), {"method": m, "path": str(path), "from_cache": True})
-        return out
-    import inspect
-
-    from utils.ssl import pretrain_or_load
-
-    accepted = set(inspect.signature(pretrain_or_load).parameters)
-    kwargs = {k: v for k, v in p.items() if k in accepted and k not in ("cache_dir", "progress")}
-    for m in methods:
-        out[m] = pretrain_or_load(m, **kwargs, cache_dir=output_dirs(profile)["cache_dir"], progress=progress)
-    return out
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """Rebuild a classifier saved by `save_classifier` (small-ResNet encoders; eval mode, float32)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier {path} is missing: run notebook 02 first "
+                                f"(`python -m utils.pipeline --only 02`).")
+    meta = read_json(path.with_suffix(".json"))
+    encoder = build_encoder(meta["arch"])
+    clf = Classifier(encoder, nn.Linear(encoder.feat_dim, meta["n_classes"]))
+    clf.load_state_dict(load_file(str(path)), strict=True)
+    return clf.eval()

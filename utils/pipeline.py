@@ -9,7 +9,6 @@ the fingerprints of the notebooks before it) matches its last successful run, un
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -18,8 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.profiles import DEFAULT_PROFILE, PROFILES, notebook_parameters, output_dirs
-from utils.results import atomic_write_json
+import numpy as np
+import torch
+
+from utils.config import DEFAULT_PROFILE, PROFILES, notebook_parameters, output_dirs
+from utils.store import atomic_write_json, text_digest
 
 KERNEL_NAME = "ssl-adv"
 
@@ -60,16 +62,13 @@ def notebook_setup(profile: str, notebook: str, namespace: dict) -> NotebookCont
     knob of the profile is defined in the notebook, seeds the RNGs, sets the plotting theme, and creates the output
     folders. Values set in the notebook win over the profile's (a researcher may change a knob by hand).
     """
-    import numpy as np
-    import torch
-
     root = repo_root()  # the package is installed editable, so its folder is inside the repository
     os.chdir(root)
     expected = notebook_parameters(profile, notebook)
     missing = [k for k in expected if k not in namespace]
     if missing:
         raise NameError(f"notebook {notebook}'s parameters cell lacks {missing}: add them (the profile "
-                        f"{profile!r} defines them in utils/profiles.py)")
+                        f"{profile!r} defines them in utils/config.py)")
     params = {k: namespace[k] for k in expected}
     seed = int(params.get("seed", 0))
     random.seed(seed)
@@ -101,21 +100,19 @@ def _source_digest(nb_path: Path) -> str:
     nb = json.loads(nb_path.read_text())
     src = [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
            for c in nb["cells"]]
-    return hashlib.sha256(json.dumps(src).encode()).hexdigest()
+    return text_digest(json.dumps(src))
 
 
 def _utils_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted((root / "utils").glob("*.py")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+    """Hash of every source file of the package, subpackages included."""
+    files = sorted((root / "utils").rglob("*.py"))
+    return text_digest(*(part for p in files for part in (str(p.relative_to(root)), p.read_bytes())))
 
 
 def fingerprint(nb_path: Path, params: dict, upstream: str, utils_digest: str) -> str:
     blob = json.dumps({"nb": _source_digest(nb_path), "params": params, "upstream": upstream,
                        "utils": utils_digest}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return text_digest(blob)[:16]
 
 
 class NotebookFailed(RuntimeError):

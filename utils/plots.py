@@ -11,8 +11,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Rectangle
 
-from utils.results import atomic_save
+from utils.config import METRIC_MAP, METRIC_MIOU
+from utils.store import atomic_save
 
 SUPERVISED = "supervised"
 
@@ -301,5 +304,135 @@ def augmented_views(x, views: list, *, title: str | None = None):
         axes[r, 0].set_ylabel("original" if r == 0 else f"view {r}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------- dense tasks
+
+def plot_dense_vs_eps(df: pd.DataFrame, title: str | None = None):
+    """mAP@0.5 (detection, PGD) and mIoU (segmentation, PGD and SegPGD) against eps, one line per encoder."""
+    panels = {("detection", "pgd", METRIC_MAP): "detection: mAP@0.5, PGD",
+              ("segmentation", "pgd", METRIC_MIOU): "segmentation: mIoU, PGD",
+              ("segmentation", "segpgd", METRIC_MIOU): "segmentation: mIoU, SegPGD"}
+    parts = []
+    for (task, attack, metric), name in panels.items():
+        sub = df[(df["task"] == task) & (df["attack"] == attack) & (df["metric"] == metric)].copy()
+        sub["panel"] = name
+        parts.append(sub)
+    data = pd.concat(parts)
+    fig = curves_vs_eps(data, col="panel", ylabel="mAP@0.5 / mIoU", title=title)
+    for ax in fig.axes:  # the metrics sit well below 1 here: use the room
+        ax.set_ylim(0, min(1.0, 1.15 * float(data["accuracy"].max())) + 0.01)
+    return fig
+
+
+def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool):
+    """SSL-minus-supervised gap against eps per task (`utils.stats.ssl_gaps`): absolute (metric units) and relative
+    (retained fraction)."""
+    styles = {"classification": ("k", "o"), "detection": ("tab:blue", "s"), "segmentation": ("tab:orange", "^")}
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for task, g in gaps.groupby("task", sort=False):
+        g = g.sort_values("eps")
+        color, marker = styles.get(task, ("grey", "x"))
+        label = f"{task} ({g['metric'].iloc[0]}, {g['attack'].iloc[0]})"
+        axes[0].plot(g["eps"] * 255, g["gap"], color=color, marker=marker, label=label)
+        axes[1].plot(g["eps"] * 255, g["rel_gap"], color=color, marker=marker, label=label)
+    dense_eps = gaps.loc[gaps["task"] != "classification", "eps"]
+    for ax, yl in zip(axes, ["SSL mean - supervised (metric units)", "SSL - supervised (retained fraction)"]):
+        ax.axhline(0, color="grey", lw=0.8)
+        if len(dense_eps):  # notebook 03 may go to larger eps: show the range the dense tasks share
+            ax.set_xlim(-0.3, 255 * float(dense_eps.max()) * 1.05 + 0.3)
+        ax.set_xlabel("eps (x/255)")
+        ax.set_ylabel(yl)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("SSL advantage: dense tasks beside classification" if have_classification else
+                 "SSL advantage in the dense tasks only (notebook 03's classification table is missing)")
+    fig.tight_layout()
+    return fig
+
+
+def _class_colors(k: int) -> list:
+    """One colour per class of `k`; class 0 (background) transparent."""
+    return [(0, 0, 0, 0)] + [plt.get_cmap("tab20")(i % 20) for i in range(k - 1)]
+
+
+def _show_canvas(ax, img) -> None:
+    """A [C, H, W] image in [0, 1] (grey or RGB), axes off."""
+    img = img.permute(1, 2, 0).numpy()
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def _show_mask(ax, mask, colors: list, alpha: float) -> None:
+    """A class mask [H, W] over the image; values outside the classes (VOC's 255 boundary) drawn as background."""
+    k = len(colors)
+    m = mask.clone()
+    m[(m < 0) | (m >= k)] = 0
+    ax.imshow(m.numpy(), cmap=ListedColormap(colors), vmin=0, vmax=k - 1, alpha=alpha, interpolation="nearest")
+
+
+def plot_examples(ex: dict, class_names: list[str], score_min: float = 0.3, title: str | None = None):
+    """`utils.dense.example_predictions` drawn: top row ground-truth boxes, clean and adversarial detections
+    (score >= score_min); bottom row the masks."""
+    k = len(class_names)
+    colors = _class_colors(k)
+
+    def boxes(ax, d, scored):
+        for j in range(len(d["boxes"])):
+            if scored and float(d["scores"][j]) < score_min:
+                continue
+            x1, y1, x2, y2 = d["boxes"][j].tolist()
+            lab = int(d["labels"][j])
+            c = colors[lab] if 0 < lab < k else (1, 1, 1, 1)
+            # Boxes are pixel-edge coordinates; imshow centres pixel i at i, so shift by half a pixel.
+            ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, ec=c, lw=1.5))
+            txt = class_names[lab] if 0 <= lab < k else str(lab)
+            if scored:
+                txt += f" {float(d['scores'][j]):.2f}"
+            ax.text(x1 - 0.5, y1 - 1.5, txt, color=c, fontsize=6, va="bottom")
+
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.4))
+    eps_txt = f"{ex['eps'] * 255:g}/255"
+    for ax, img, d, scored, t in [(axes[0, 0], ex["image"], ex["gt"], False, "ground truth"),
+                                  (axes[0, 1], ex["image"], ex["det_clean"], True, "clean detections"),
+                                  (axes[0, 2], ex["adv_det"], ex["det_adv"], True, f"PGD eps={eps_txt}")]:
+        _show_canvas(ax, img)
+        boxes(ax, d, scored)
+        ax.set_title(t, fontsize=9)
+    for ax, img, m, t in [(axes[1, 0], ex["seg_image"], ex["gt_mask"], "ground-truth mask"),
+                          (axes[1, 1], ex["seg_image"], ex["seg_clean"], "clean segmentation"),
+                          (axes[1, 2], ex["adv_seg"], ex["seg_adv"], f"SegPGD eps={eps_txt}")]:
+        _show_canvas(ax, img)
+        _show_mask(ax, m, colors, 0.55)
+        ax.set_title(t, fontsize=9)
+    present = sorted(set(ex["gt_mask"].unique().tolist()) | set(ex["seg_clean"].unique().tolist())
+                     | set(ex["seg_adv"].unique().tolist()))
+    handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in present if 0 < c < k]
+    fig.legend(handles, [class_names[c] for c in present if 0 < c < k], loc="lower center", ncol=6, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_scenes(scenes, n: int = 6, title: str | None = None):
+    """The first `n` scenes of a `utils.scenes.Scenes` with their boxes (top row) and masks (bottom row)."""
+    k = scenes.num_classes
+    colors = _class_colors(k)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.0))
+    for j in range(n):
+        img = scenes.image_batch([j])[0]
+        for r in range(2):
+            _show_canvas(axes[r, j], img)
+        if scenes.boxes is not None:
+            for b, lab in zip(scenes.boxes[j].tolist(), scenes.labels[j].tolist()):
+                axes[0, j].add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False,
+                                               ec=colors[lab], lw=1.2))
+                axes[0, j].text(b[0] - 0.5, b[1] - 1, scenes.class_names[lab], color=colors[lab], fontsize=6)
+        if scenes.masks is not None:
+            _show_mask(axes[1, j], scenes.masks[j], colors, 0.6)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

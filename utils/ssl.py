@@ -1,6 +1,7 @@
-"""The seven self-supervised methods, the supervised baseline and the one pretraining loop they share.
+"""The seven self-supervised methods and the supervised baseline: losses, heads and one module per method.
 
-Layout (solo-learn / lightly style: a method adds only its heads and its loss):
+Layout (solo-learn / lightly style: a method adds only its heads and its loss; the loop that trains any of them, with
+its cache, is `utils.pretrain`):
 
 * Losses, pure functions of tensors, each tested by hand in tests/test_ssl.py:
   `nt_xent_loss` (SimCLR), `moco_loss` (MoCo v2), `byol_loss` (BYOL), `sinkhorn` + `swav_loss` (SwAV),
@@ -10,33 +11,27 @@ Layout (solo-learn / lightly style: a method adds only its heads and its loss):
   `ema_update` and `momentum_schedule` (teacher / key / target networks), `MoCoQueue`.
 * Methods: one small `nn.Module` each (`SimCLR`, `MoCoV2`, `BYOL`, `SwAV`, `DINO`, `BarlowTwins`, `VICReg`,
   `Supervised`); `forward(views, labels) -> scalar loss` and `momentum_update(progress)`. They are registered in
-  `METHODS` (name -> `SSLMethod`: constructor, default hyper-parameters, number of views).
-* The loop: `pretrain_or_load(method, ...) -> (encoder, info)` trains (or loads from the cache) an encoder with any
-  method; it is resumable after a kill, deterministic given the seed, and stops on a NaN loss
-  (`TrainingDivergedError`). `quick_linear_probe` is the fixed quick evaluation recipe used to tune it.
+  `METHODS` (name -> `SSLMethod`: constructor, default hyper-parameters, number of views); `get_method(name)`.
 
 Every image is float [N, 1, 28, 28] in [0, 1]; normalization lives inside the encoder (utils.models.Encoder).
-Mixed precision: the networks run under bfloat16 autocast where the CPU supports it; every loss is computed in float32.
+Mixed precision: the networks may run under the loop's bfloat16 autocast; every loss is computed in float32
+(`utils.runtime.full_precision`).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.augment import make_augment
-from utils.models import build_encoder
-from utils.results import atomic_save, atomic_write_json, param_hash, provenance, read_json
+from utils.runtime import full_precision
 
-# Bump when a change in this file changes the weights a given set of parameters trains (invalidates the cache).
-SSL_CODE_VERSION = 1
+# A change here that changes the weights a given set of parameters trains must bump `utils.pretrain.SSL_CODE_VERSION`.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,13 +254,6 @@ class MoCoQueue(nn.Module):
         self.ptr.fill_(int((self.ptr + k.shape[0]) % size))
 
 
-class _full_precision(torch.autocast):
-    """Compute losses in float32 even inside the training loop's bfloat16 autocast region."""
-
-    def __init__(self):
-        super().__init__("cpu", enabled=False)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Methods: each adds its heads and its loss to a shared encoder. forward(views, labels) -> scalar loss.
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,7 +275,7 @@ class Supervised(_Method):
 
     def forward(self, views, labels):
         logits = self.head(self.encoder(views[0]))
-        with _full_precision():
+        with full_precision(logits.device):
             return F.cross_entropy(logits.float(), labels)
 
 
@@ -302,7 +290,7 @@ class SimCLR(_Method):
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(z1.device):
             return nt_xent_loss(z1.float(), z2.float(), self.temperature)
 
 
@@ -323,7 +311,7 @@ class MoCoV2(_Method):
         q1, q2 = (self.projector(self.encoder(v)) for v in views)
         with torch.no_grad():
             k1, k2 = (self.key_projector(self.key_encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(k1.device):
             loss = (moco_loss(q1.float(), k2.float(), self.queue.keys, self.temperature)
                     + moco_loss(q2.float(), k1.float(), self.queue.keys, self.temperature)) / 2
         self.queue.push(torch.cat([k1, k2]))
@@ -352,7 +340,7 @@ class BYOL(_Method):
         p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in views)
         with torch.no_grad():
             z1, z2 = (self.target_projector(self.target_encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(z1.device):
             return byol_loss(p1.float(), z2.float()) + byol_loss(p2.float(), z1.float())
 
     def momentum_update(self, progress):
@@ -374,7 +362,7 @@ class SwAV(_Method):
 
     def forward(self, views, labels=None):
         s1, s2 = (self.prototypes(self.projector(self.encoder(v))) for v in views)
-        with _full_precision():
+        with full_precision(s1.device):
             return swav_loss(s1.float(), s2.float(), self.temperature, self.sinkhorn_iters, self.sinkhorn_eps)
 
 
@@ -397,7 +385,7 @@ class DINO(_Method):
         s1, s2 = (self.head(self.encoder(v)) for v in views)
         with torch.no_grad():
             t1, t2 = (self.teacher_head(self.teacher_encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(t1.device):
             s1, s2, t1, t2 = s1.float(), s2.float(), t1.float(), t2.float()
             loss = (dino_loss(s1, t2, self.center, self.t_student, self.t_teacher)
                     + dino_loss(s2, t1, self.center, self.t_student, self.t_teacher)) / 2
@@ -421,7 +409,7 @@ class BarlowTwins(_Method):
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(z1.device):
             return barlow_twins_loss(z1.float(), z2.float(), self.lambd)
 
 
@@ -437,7 +425,7 @@ class VICReg(_Method):
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.encoder(v)) for v in views)
-        with _full_precision():
+        with full_precision(z1.device):
             return vicreg_loss(z1.float(), z2.float(), self.sim_w, self.var_w, self.cov_w)
 
 
@@ -475,8 +463,6 @@ class SSLMethod:
 
 
 def _defaults(cls) -> dict:
-    import inspect
-
     return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
@@ -498,300 +484,7 @@ METHODS: dict[str, SSLMethod] = {
 
 
 def get_method(name: str) -> SSLMethod:
+    """The registry entry of `name` (a key of METHODS); a ValueError listing the choices otherwise."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {list(METHODS)}")
     return METHODS[name]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The shared pretraining loop, with a cache, resumable checkpoints and divergence detection.
-# ----------------------------------------------------------------------------------------------------------------
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the method, the epoch and the kept checkpoint."""
-
-
-def bf16_supported() -> bool:
-    """True when this CPU runs bfloat16 natively (AVX512-BF16 / AMX): then autocast to bfloat16 is 2-3x faster."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch `epoch`'s shuffling and augmentations, a function of (seed, epoch) only, so a resumed run
-    replays exactly the stream an uninterrupted run would have seen."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2 ** 63 - 1)
-
-
-def _lr_at(step: int, total: int, base_lr: float, warmup_frac: float = 0.1) -> float:
-    """Linear warm-up over the first `warmup_frac` of the steps, then cosine decay to 1 % of `base_lr`."""
-    warm = max(1, int(round(warmup_frac * total)))
-    if step < warm:
-        return base_lr * (step + 1) / warm
-    q = (step - warm) / max(1, total - warm)
-    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * q)))
-
-
-def training_params(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
-                    augmentations: Sequence[str], seed: int, weight_decay: float = 1e-5,
-                    hparams: dict | None = None, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
-    """Everything that determines the trained weights (the cache key): the hash of this dict names the files.
-
-    With explicit `data` (instead of Fashion-MNIST's first `n_pretrain` images) a fingerprint of its bytes joins it.
-    """
-    spec = get_method(method)
-    extra = {}
-    if data is not None:
-        import hashlib
-
-        h = hashlib.sha256(data[0].float().contiguous().numpy().tobytes())
-        h.update(data[1].contiguous().numpy().tobytes())
-        extra["data_sha256"] = h.hexdigest()[:16]
-    return {**extra, "method": method, "arch": arch, "n_pretrain": int(n_pretrain), "epochs": int(epochs),
-            "batch_size": int(batch_size), "lr": float(lr), "augmentations": list(augmentations), "seed": int(seed),
-            "weight_decay": float(weight_decay), "hparams": spec.hparams(hparams),
-            "view_families": spec.view_families(augmentations), "augment_kwargs": spec.augment_kwargs,
-            "code_version": SSL_CODE_VERSION}
-
-
-def encoder_paths(cache_dir: str | Path, params: dict) -> dict[str, Path]:
-    """Where a run's files live: final encoder (safetensors), JSON sidecar, resumable checkpoint, epoch snapshots."""
-    stem = f"{params['method']}-{param_hash(params)}"
-    d = Path(cache_dir) / "encoders"
-    return {"encoder": d / f"{stem}.safetensors", "sidecar": d / f"{stem}.json", "checkpoint": d / f"{stem}.ckpt.pt",
-            "snapshot": d / f"{stem}-epoch{{epoch}}.safetensors"}
-
-
-def _save_encoder(encoder: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-             for k, v in encoder.state_dict().items()}
-    atomic_save(lambda tmp: save_file(state, tmp), path)
-
-
-def _load_encoder(arch: str, path: Path) -> nn.Module:
-    from safetensors.torch import load_file
-
-    encoder = build_encoder(arch)
-    encoder.load_state_dict(load_file(str(path)))
-    return encoder.float().eval()
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_save(lambda tmp: torch.save(state, tmp), path)
-
-
-def load_epoch_checkpoint(method: str, epoch: int, *, arch: str, n_pretrain: int, epochs: int, batch_size: int,
-                          lr: float, augmentations: Sequence[str], seed: int, cache_dir: str | Path,
-                          weight_decay: float = 1e-5, hparams: dict | None = None,
-                          data: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
-    """The encoder snapshot kept at `epoch` of the run `pretrain_or_load(method, ..., keep_epochs=[epoch])` made.
-
-    A snapshot is the `epochs`-long run stopped after `epoch` epochs (same learning-rate schedule), not a separate
-    `epoch`-long run. Returns an encoder in eval mode, on CPU, float32.
-    """
-    params = training_params(method, arch=arch, n_pretrain=n_pretrain, epochs=epochs, batch_size=batch_size, lr=lr,
-                             augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
-                             data=data)
-    path = Path(str(encoder_paths(cache_dir, params)["snapshot"]).format(epoch=epoch))
-    if not path.is_file():
-        raise FileNotFoundError(f"no epoch-{epoch} snapshot of {method} at {path}: run pretrain_or_load(..., "
-                                f"keep_epochs=[{epoch}]) with the same parameters first (it retrains if needed).")
-    return _load_encoder(arch, path)
-
-
-def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
-                     augmentations: Sequence[str], seed: int, cache_dir: str | Path, data_root: str | Path = "data",
-                     progress: bool = True,
-                     save_every_epoch_checkpoints: bool = False, keep_epochs: Sequence[int] = (),
-                     hparams: dict | None = None, weight_decay: float = 1e-5, profile: str = "custom",
-                     data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     on_epoch_end: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
-    """Train an encoder with `method` (a key of METHODS) on Fashion-MNIST, or load it from the cache.
-
-    Data: the first `n_pretrain` images of a seeded permutation of the train split (labels used only by
-    "supervised"), or `data=(x [N,1,28,28] in [0,1], y [N])` if given. Training: AdamW (`lr`, `weight_decay`),
-    10 % linear warm-up then cosine decay, `batch_size` images per step (last partial batch dropped), views from
-    `make_augment(augmentations)`; bfloat16 autocast + channels_last where the CPU supports bfloat16.
-    `hparams` overrides the method's defaults (`METHODS[method].defaults`: temperatures, head sizes, momentum).
-
-    Cache: `<cache_dir>/encoders/<method>-<param_hash>.safetensors` + `.json` sidecar (provenance, parameters, loss
-    per epoch, wall time); reused while every parameter that changes the weights is unchanged (`training_params`).
-    Resumability: after every epoch a checkpoint (`.ckpt.pt`: model with heads, momentum networks, queue/center,
-    optimizer, RNG state, epoch, loss history, wall time) is written atomically; a rerun after a kill resumes after
-    the last finished epoch and ends with the weights an uninterrupted run gives (the shuffling and augmentation of
-    epoch e are seeded by (seed, e) alone). The checkpoint is deleted once the encoder is in the cache.
-    `keep_epochs` (or `save_every_epoch_checkpoints=True` for all epochs): also save the encoder at those epochs
-    (read them with `load_epoch_checkpoint`); a cached run without the requested snapshots is retrained (same
-    weights, deterministic). `on_epoch_end(epoch, mean_loss)` is called after each epoch's checkpoint is written.
-
-    Raises TrainingDivergedError on a NaN/inf loss (the last good checkpoint is kept).
-    Returns (encoder in eval mode on CPU, float32; info dict: method, params, param_hash, path, from_cache,
-    loss_history (mean loss per epoch), wall_time_s (training time over all resumed segments), resumed_from_epoch,
-    epochs_run_now, sidecar).
-    """
-    spec = get_method(method)
-    if epochs < 1 or n_pretrain < 0:
-        raise ValueError(f"epochs must be >= 1 and n_pretrain >= 0 (got epochs={epochs}, n_pretrain={n_pretrain}); "
-                         f"the `paper` profile loads official checkpoints with utils.models.load_backbone instead")
-    make_augment(augmentations)  # validates the family names before any work
-    augment = make_augment(spec.view_families(augmentations), **spec.augment_kwargs)
-    params = training_params(method, arch=arch, n_pretrain=n_pretrain, epochs=epochs, batch_size=batch_size, lr=lr,
-                             augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
-                             data=data)
-    paths = encoder_paths(cache_dir, params)
-    keep = sorted(set(range(1, epochs + 1)) if save_every_epoch_checkpoints else {int(e) for e in keep_epochs})
-    bad = [e for e in keep if not 1 <= e <= epochs]
-    if bad:
-        raise ValueError(f"keep_epochs {bad} outside 1..{epochs}")
-    snap = {e: Path(str(paths["snapshot"]).format(epoch=e)) for e in keep}
-
-    if paths["encoder"].is_file() and paths["sidecar"].is_file() and all(p.is_file() for p in snap.values()):
-        side = read_json(paths["sidecar"])
-        info = {"method": method, "params": params, "param_hash": param_hash(params), "path": str(paths["encoder"]),
-                "from_cache": True, "loss_history": side["loss_history"], "wall_time_s": side["wall_time_s"],
-                "resumed_from_epoch": None, "epochs_run_now": 0, "sidecar": side}
-        return _load_encoder(arch, paths["encoder"]), info
-
-    if data is None:
-        from utils.data import load_fashion_mnist
-
-        x, y = load_fashion_mnist(data_root, "train", n_pretrain, seed)
-    else:
-        x, y = data
-    n = len(x)
-    if n == 0:
-        raise ValueError("no training images: n_pretrain is 0 or `data` is empty")
-    bs = min(batch_size, n)
-    steps_per_epoch = n // bs
-    total_steps = steps_per_epoch * epochs
-    use_bf16 = bf16_supported()
-    fmt = torch.channels_last if use_bf16 else torch.contiguous_format
-
-    ckpt = None
-    if paths["checkpoint"].is_file():
-        ckpt = torch.load(paths["checkpoint"], map_location="cpu", weights_only=True)
-        # snapshots are written before their epoch's checkpoint; if a requested one of a finished epoch is missing
-        # (keep_epochs grew since the run started), start over: training is deterministic, the weights are the same
-        if ckpt.get("param_hash") != param_hash(params) or any(
-                e <= int(ckpt["epoch"]) and not p.is_file() for e, p in snap.items()):
-            ckpt = None
-    with torch.random.fork_rng(devices=[]):  # seeded initialization without disturbing the caller's RNG
-        torch.manual_seed(seed)
-        model = spec.build(build_encoder(arch), **(hparams or {}))
-    model = model.to(memory_format=fmt)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
-    start_epoch, losses, wall, resumed_from = 0, [], 0.0, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, losses, wall = int(ckpt["epoch"]), list(ckpt["loss_history"]), float(ckpt["wall_time_s"])
-        resumed_from = start_epoch
-
-    epoch_bar = range(start_epoch + 1, epochs + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epoch_bar = tqdm(epoch_bar, desc=f"pretrain {method}", initial=start_epoch, total=epochs, leave=False)
-    for epoch in epoch_bar:
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-        if ckpt is not None and epoch == start_epoch + 1:
-            g.set_state(ckpt["next_generator_state"])  # equal to the line above by construction; kept explicit
-        perm = torch.randperm(n, generator=g)
-        model.train()
-        total, count = 0.0, 0
-        for b in range(steps_per_epoch):
-            step = (epoch - 1) * steps_per_epoch + b
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, lr)
-            idx = perm[b * bs:(b + 1) * bs]
-            xb = x[idx]
-            views = [augment(xb, g).contiguous(memory_format=fmt) for _ in range(spec.n_views)]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(views, y[idx])
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {paths['checkpoint']}"
-                        if paths["checkpoint"].is_file() else "no checkpoint was written yet")
-                raise TrainingDivergedError(
-                    f"{method} diverged at epoch {epoch} (step {b + 1}/{steps_per_epoch}): loss = {value}; {kept}. "
-                    f"Lower lr (now {lr}) or change the method's hparams; a rerun with the same parameters resumes "
-                    f"from that checkpoint and diverges again.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.momentum_update((step + 1) / total_steps)
-            total, count = total + value, count + 1
-        losses.append(total / count)
-        wall += time.perf_counter() - t0
-        if epoch in snap:
-            _save_encoder(model.encoder, snap[epoch])
-        _save_checkpoint(paths["checkpoint"], {
-            "param_hash": param_hash(params), "epoch": epoch, "loss_history": losses, "wall_time_s": wall,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "next_generator_state": torch.Generator().manual_seed(_epoch_seed(seed, epoch + 1)).get_state()})
-        if progress:
-            epoch_bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, losses[-1])
-
-    _save_encoder(model.encoder, paths["encoder"])
-    side = {**provenance(profile, params, seed), "method": method, "arch": arch, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "augmentations": list(augmentations), "n_pretrain": n_pretrain,
-            "n_images": n, "steps": total_steps, "bf16": use_bf16, "wall_time_s": wall, "loss_history": losses,
-            "kept_epochs": keep, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(paths["sidecar"], side)
-    paths["checkpoint"].unlink(missing_ok=True)
-    info = {"method": method, "params": params, "param_hash": param_hash(params), "path": str(paths["encoder"]),
-            "from_cache": False, "loss_history": losses, "wall_time_s": wall, "resumed_from_epoch": resumed_from,
-            "epochs_run_now": epochs - start_epoch, "sidecar": side}
-    return _load_encoder(arch, paths["encoder"]), info
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The quick linear probe used to tune the pretraining (the notebooks' full evaluation lives in utils.evaluation).
-# ----------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Encoder features [N, feat_dim] (float32, eval mode, no augmentation) of images x [N, C, H, W] in [0, 1]."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        return torch.cat([encoder(x[i:i + batch_size].float()).float() for i in range(0, len(x), batch_size)])
-    finally:
-        encoder.train(was_training)
-
-
-def quick_linear_probe(encoder: nn.Module, x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor,
-                       y_te: torch.Tensor, *, l2: float = 1e-4, max_iter: int = 200) -> float:
-    """Test accuracy (fraction in [0, 1]) of a logistic regression on frozen, standardized encoder features.
-
-    Fixed recipe: features of x_tr / x_te (eval mode), standardized with the train mean/std, multinomial logistic
-    regression with L2 penalty `l2` fitted full-batch by L-BFGS (`max_iter` iterations, strong-Wolfe line search).
-    Deterministic.
-    """
-    f_tr, f_te = extract_features(encoder, x_tr), extract_features(encoder, x_te)
-    mean, std = f_tr.mean(0), f_tr.std(0).clamp_min(1e-6)
-    f_tr, f_te = (f_tr - mean) / std, (f_te - mean) / std
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    w = torch.zeros(f_tr.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(f_tr @ w + b, y_tr) + l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return float(((f_te @ w + b).argmax(1) == y_te).float().mean())

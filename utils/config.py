@@ -1,9 +1,11 @@
-"""The three profiles as data: one code path, only the parameters change.
+"""The profiles as data (`smoke`, `cpu`, `paper`), the names every layer shares, and what each knob means.
+
+Base layer: imports nothing from `utils`. One code path for every profile: a profile only changes parameters.
 
 `PROFILES[name]["common"]` holds knobs every notebook reads; `PROFILES[name]["NN"]` the knobs of notebook `NN`.
 `notebook_parameters(profile, "03")` is what the chain runner injects into a notebook's `parameters` cell; the
 defaults written in each notebook's `parameters` cell are the `cpu` values, so a notebook opened in JupyterLab runs
-as-is in the default profile.
+as-is in the default profile. `KEY_DOCS[key]` gives every knob's unit and meaning.
 """
 from __future__ import annotations
 
@@ -12,6 +14,16 @@ import copy
 METHODS = ["supervised", "simclr", "mocov2", "byol", "swav", "dino", "barlowtwins", "vicreg"]
 SSL_METHODS = [m for m in METHODS if m != "supervised"]
 AUGMENTATIONS = ["crop", "flip", "intensity", "blur", "noise"]
+SUPERVISED = "supervised"
+
+# How a classifier is adapted from a frozen encoder (notebooks 02-04), and the one regime of the dense tasks (05).
+REGIMES = ["linear", "finetuned", "adv-finetuned"]
+FINETUNE_REGIMES = REGIMES[1:]
+DENSE_REGIME = "frozen_encoder"
+# What the `metric` column of the dense tasks' tidy table names (the value sits in `accuracy`).
+METRIC_MAP = "map50"
+METRIC_MIOU = "miou"
+METRIC_PIXEL_ACC = "pixel_acc"
 
 _COMMON = {
     "seed": 0,
@@ -100,3 +112,59 @@ def output_dirs(profile: str) -> dict[str, str]:
         "figures_dir": "figures" if profile == DEFAULT_PROFILE else f"figures/{profile}",
         "runs_dir": f"runs/{profile}",
     }
+
+
+# Every knob of every profile: its unit and meaning (one line each; shown by `describe` and in the notebooks).
+KEY_DOCS: dict[str, str] = {
+    "profile": "which parameter set: smoke (tests), cpu (a laptop), paper (ImageNet, GPUs)",
+    "progress": "show progress bars (bool)",
+    "seed": "master random seed (int); every job derives its own seed from it",
+    "data_root": "folder holding FashionMNIST/raw (smoke, cpu) or the ImageNet folder (paper)",
+    "checkpoint_root": "folder holding the official ResNet-50 checkpoint files (paper)",
+    "device": "where models run: cpu, cuda or cuda:N",
+    "methods": "encoders compared: the supervised baseline and the seven SSL methods",
+    "arch": "encoder architecture (resnet_micro/tiny/small trained here, resnet50 loaded)",
+    "n_pretrain": "images used for pretraining (count; 0 = none, official checkpoints)",
+    "epochs": "pretraining epochs (passes over n_pretrain images)",
+    "batch_size": "images per optimizer step (pretraining) or per evaluation batch (05)",
+    "lr": "peak learning rate of pretraining (AdamW, warm-up then cosine)",
+    "augmentations": "augmentation families the SSL views use (crop, flip, intensity, blur, noise)",
+    "n_probe_train": "training images of the linear probe (count)",
+    "n_probe_test": "test images of notebook 01's quick probe (count)",
+    "n_test": "test images scored for clean accuracy (count)",
+    "probe_epochs": "L-BFGS iterations of the logistic-regression probe",
+    "transfer_task": "transfer classification task (digits in cpu, cifar10 in paper)",
+    "n_attack": "test points attacked per task (count; a prefix of notebook 02's test points)",
+    "eps_linf": "L-inf radii, image units in [0, 1] (8/255 = eight grey levels per pixel)",
+    "eps_l2": "L2 radii, image units (Euclidean norm of the whole perturbation)",
+    "linf_attacks": "white-box attacks run in the L-inf ball",
+    "l2_attacks": "white-box attacks run in the L2 ball",
+    "steps": "gradient steps per attack restart",
+    "restarts": "random restarts per attack (a point counts as fooled if any restart fools it)",
+    "n_square": "points attacked by the black-box Square check (count)",
+    "square_eps": "L-inf radius of the Square check, image units",
+    "square_queries": "model queries Square may spend per point",
+    "n_show": "adversarial examples drawn per model",
+    "n_finetune": "training images per task for (adversarial) fine-tuning (count)",
+    "finetune_epochs": "epochs of full fine-tuning",
+    "finetune_lr": "peak learning rate of (adversarial) fine-tuning (AdamW, cosine)",
+    "adv_epochs": "epochs of adversarial fine-tuning",
+    "adv_eps": "L-inf radius of the PGD examples used in adversarial fine-tuning, image units",
+    "adv_steps": "PGD steps per batch in adversarial fine-tuning",
+    "ref_eps": "L-inf radius at which regimes and factors are compared, image units",
+    "ablation_methods": "methods retrained for the four-factor ablation",
+    "n_ablation": "pretraining (and probe) images of each ablation run (count)",
+    "ablation_epochs": "pretraining epochs of the ablation's base run",
+    "archs": "architecture levels of the ablation (first = base)",
+    "epoch_checkpoints": "training-length levels: snapshots after these epochs of one run",
+    "batch_sizes": "batch-size levels of the ablation",
+    "dataset": "dense-task data: fashion_scenes (generated) or voc (Pascal VOC)",
+    "voc_root": "folder holding VOCdevkit/ (paper); None elsewhere",
+    "canvas": "side of a dense-task image in pixels",
+    "max_items": "most Fashion-MNIST items per generated scene",
+    "n_train_scenes": "scenes the dense heads are trained on (count; 0 = all)",
+    "n_test_scenes": "scenes the dense heads are attacked on (count; 0 = all)",
+    "det_epochs": "training epochs of the detection head",
+    "seg_epochs": "training epochs of the segmentation head",
+    "head_lr": "peak learning rate of the dense heads (AdamW, warm-up then cosine)",
+}

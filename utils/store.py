@@ -1,5 +1,6 @@
-"""Results that survive: atomic files, parameter hashes, provenance and tidy tables.
+"""Results that survive: atomic files, keyed caches, digests, provenance and tidy tables.
 
+Base layer: imports nothing from `utils`; the only module that hashes (parameters, weights, points, files, sources).
 Every expensive step is keyed by the hash of the parameters it depends on; its output is written to a temporary file
 and renamed into place, so a killed process never leaves a half-written result and a rerun picks up what finished.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import torch
 
 # Columns of the tidy robustness table: one row per model x task x attack x eps.
 TIDY_COLUMNS = ["model", "regime", "task", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n", "flags"]
@@ -41,21 +43,58 @@ def param_hash(params: dict, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def _sha256_of_tensors(*tensors) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h
+
+
+def points_digest(x, y) -> str:
+    """sha256 (16 hex) of a set of points: images x [N, ...] and labels y [N] (identifies what was attacked)."""
+    return _sha256_of_tensors(x, y).hexdigest()[:16]
+
+
+def tensors_digest(*tensors) -> str:
+    """sha256 (16 hex) over the bytes of the given tensors, in order (e.g. training data (x, y) as float32)."""
+    return _sha256_of_tensors(*tensors).hexdigest()[:16]
+
+
+def weights_digest(module) -> str:
+    """sha256 (16 hex) over a module's state dict: identifies the exact weights a downstream result depends on."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are ~100 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_digest(*parts: str | bytes) -> str:
+    """Hex sha256 of the given strings or bytes, in order (notebook sources, fingerprints)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.encode())
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write `data` to `path` atomically (a temporary file beside it, flushed to disk, then renamed)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_save(write, path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -105,8 +144,6 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: str = "cpu") -> str:
-    import torch
-
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu:{platform.processor() or platform.machine()}x{os.cpu_count()}"
@@ -135,9 +172,13 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _cache_path(cache_dir: str | os.PathLike, name: str, params: dict) -> Path:
+    return Path(cache_dir) / f"{name}-{param_hash(params)}.json"
+
+
 def cached_result(cache_dir: str | os.PathLike, name: str, params: dict) -> Any | None:
     """What `cached_json(cache_dir, name, params, ...)` would return without computing, or None when not cached."""
-    path = Path(cache_dir) / f"{name}-{param_hash(params)}.json"
+    path = _cache_path(cache_dir, name, params)
     try:
         return read_json(path)["result"] if path.is_file() else None
     except (json.JSONDecodeError, KeyError):
@@ -150,12 +191,11 @@ def cached_json(cache_dir: str | os.PathLike, name: str, params: dict, compute: 
 
     The stored file carries its parameters; a changed parameter gives a new hash, so only what depends on it reruns.
     """
-    path = Path(cache_dir) / f"{name}-{param_hash(params)}.json"
-    if path.is_file() and not force:
-        try:
-            return read_json(path)["result"]
-        except (json.JSONDecodeError, KeyError):
-            pass  # unreadable: recompute and overwrite atomically
+    path = _cache_path(cache_dir, name, params)
+    if not force:
+        hit = cached_result(cache_dir, name, params)  # an unreadable file counts as missing: recomputed, overwritten
+        if hit is not None:
+            return hit
     result = compute()
     atomic_write_json(path, {"name": name, "params": _canonical(params), "result": result})
     return result

@@ -1,0 +1,263 @@
+"""The public attacks and `robust_accuracy`: checked inputs, a frozen model, one kernel, sanity flags."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from utils.attacks.geometry import (ball_flags, check_eps, check_images, check_options, choice,
+                                        monotonicity_flags)
+from utils.attacks.kernels import ATTACKS, KEEP_MODES, apgd_kernel, fgsm_kernel, pgd_kernel
+from utils.attacks.target import ClassifierTarget, ObjectiveTarget, attack_mode
+from utils.runtime import batches
+
+def _warn_flags(flags: list[str], what: str = "attack") -> None:
+    if flags:
+        warnings.warn(f"{what} sanity flags: " + "; ".join(flags), RuntimeWarning, stacklevel=3)
+
+
+def _run_public(kernel, model, x, y, *, eps, norm, amp, channels_last, seed, generator=None, fold_bn=True,
+                **options) -> torch.Tensor:
+    """Shared body of the public attack functions: check inputs, freeze the model, run one kernel, warn on flags."""
+    eps = check_eps(eps)
+    check_images(x, y)
+    target = ClassifierTarget(model, amp)
+    x, y = x.to(target.device), y.to(target.device)
+    if eps == 0:
+        return x.clone()
+    if generator is None and seed is not None:
+        generator = torch.Generator(target.device).manual_seed(seed)
+    with attack_mode(model, channels_last):
+        if fold_bn:
+            target.use_folded(x[:64], channels_last)
+        x_adv, _ = kernel(target, x, y, eps=eps, norm=norm, generator=generator, **options)
+    _warn_flags(target.flags() + ball_flags(x_adv, x, eps, norm))
+    return x_adv
+
+
+# ---------------------------------------------------------------------------------------------- public attacks
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", amp: str = "auto",
+         channels_last: bool = True, seed: int | None = None) -> torch.Tensor:
+    """FGSM: one step of size eps along sign(grad) (linf) or grad/||grad|| (l2) of the cross-entropy. -> x_adv."""
+    check_options(norm, 1, 1)
+    return _run_public(fgsm_kernel, model, x, y, eps=eps, norm=norm, amp=amp, channels_last=channels_last, seed=seed)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 10,
+        rel_step: float | None = None, restarts: int = 1, random_start: bool = True, loss: str | Callable = "ce",
+        keep: str = "first-fooling", amp: str = "auto", channels_last: bool = True, fold_bn: bool = True,
+        seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD with `restarts` random starts of `steps` steps of size rel_step * eps (default rel_step = 2.5 / steps).
+
+    x [N, C, H, W] in [0, 1], y int64 [N]; loss "ce" (cross-entropy), "cw" (margin) or a callable
+    (logits, y) -> per-point loss [N]. Returns x_adv [N, C, H, W] inside the eps-ball and [0, 1]: with
+    keep="first-fooling" the first fooling iterate found, else the highest-loss one; keep="best-loss" the
+    highest-loss iterate; keep="last" the last iterate of one restart (hard examples for adversarial training).
+    Random starts come from `generator`, else from a generator seeded with `seed`, else from torch's global RNG.
+    """
+    check_options(norm, steps, restarts, rel_step, loss, ("ce", "cw"))
+    choice(keep, KEEP_MODES, "keep")
+    if keep == "last" and int(restarts) != 1:
+        raise ValueError("keep='last' returns the last iterate of one restart: pass restarts=1")
+    return _run_public(pgd_kernel, model, x, y, eps=eps, norm=norm, amp=amp, channels_last=channels_last, seed=seed,
+                       generator=generator, fold_bn=fold_bn, steps=int(steps), rel_step=rel_step,
+                       restarts=int(restarts), random_start=random_start, loss=loss, keep=keep)
+
+
+def pgd_objective(objective: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, *, eps: float,
+                  steps: int, norm: str = "linf", rel_step: float | None = None, random_start: bool = True,
+                  seed: int = 0, flags: set | None = None) -> torch.Tensor:
+    """PGD ascent on any objective of the images (the loss hook of the dense tasks): `objective(x_adv, step)`
+    returns a loss to maximize ([N] or a scalar, float32), step = 0..steps-1. One restart, fixed step
+    rel_step * eps (default 2.5 / steps), random start seeded by `seed`; returns the last iterate, inside the eps-ball
+    and [0, 1]. eps = 0 returns x. NaN or all-zero input gradients add their flag names (NAN_GRAD, ZERO_GRAD) to
+    `flags`. The objective handles its own precision (utils.runtime.autocast) and model modes."""
+    eps = check_eps(eps)
+    check_options(norm, steps, 1, rel_step)
+    check_images(x)
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    target = ObjectiveTarget(objective, x.device)
+    generator = torch.Generator(x.device).manual_seed(int(seed))
+    x_adv, _ = pgd_kernel(target, x, None, eps=eps, norm=norm, steps=int(steps), rel_step=rel_step,
+                          random_start=random_start, keep="last", generator=generator)
+    if flags is not None:
+        flags.update(target.flag_names())
+    return x_adv.detach()
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 100,
+         restarts: int = 1, loss: str = "ce", amp: str = "auto", channels_last: bool = True,
+         seed: int | None = None) -> torch.Tensor:
+    """APGD with AutoAttack's checkpoint step-size schedule and momentum; loss "ce" or "dlr". Same contract as `pgd`."""
+    check_options(norm, steps, restarts, None, loss, ("ce", "dlr"))
+    return _run_public(apgd_kernel, model, x, y, eps=eps, norm=norm, amp=amp, channels_last=channels_last, seed=seed,
+                       steps=int(steps), restarts=int(restarts), loss=loss)
+
+
+def apgd_ce(model, x, y, **kwargs) -> torch.Tensor:
+    """APGD on the cross-entropy loss; see `apgd`."""
+    return apgd(model, x, y, loss="ce", **kwargs)
+
+
+def apgd_dlr(model, x, y, **kwargs) -> torch.Tensor:
+    """APGD on the DLR loss (needs >= 3 classes); see `apgd`."""
+    return apgd(model, x, y, loss="dlr", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ robust accuracy
+
+class RobustAccuracy(dict):
+    """{eps: robust accuracy in [0, 1]} (eps ascending) plus how it was measured.
+
+    Attributes: `flags` list[str] (empty when every sanity check passed), `n` points, `attack`, `norm`, `steps`,
+    `restarts`, `eps` (the grid, ascending), `robust_mask` bool [len(eps), n] (point i still correctly classified at
+    eps j, input order), `x_adv` {eps: float32 [n, C, H, W] on the CPU} (only the eps asked for via `return_adv`).
+    """
+
+    def __init__(self, accuracies: dict, *, flags: list[str], n: int, attack: str, norm: str, steps: int,
+                 restarts: int, robust_mask: torch.Tensor, x_adv: dict | None = None):
+        super().__init__(accuracies)
+        self.flags, self.n, self.attack, self.norm = list(flags), n, attack, norm
+        self.steps, self.restarts, self.robust_mask = steps, restarts, robust_mask
+        self.eps = list(accuracies)
+        self.x_adv = x_adv or {}
+
+    def to_rows(self, **extra) -> list[dict]:
+        """Tidy rows, one per eps: attack, norm, eps, steps, restarts, accuracy, n, flags (joined by ';'), **extra."""
+        flags = ";".join(self.flags)
+        return [{"attack": self.attack, "norm": self.norm, "eps": eps, "steps": self.steps,
+                 "restarts": self.restarts, "accuracy": acc, "n": self.n, "flags": flags, **extra}
+                for eps, acc in self.items()]
+
+    def __repr__(self) -> str:
+        accs = ", ".join(f"{eps:.4g}: {acc:.4f}" for eps, acc in self.items())
+        return (f"RobustAccuracy({self.attack}/{self.norm}, steps={self.steps}, restarts={self.restarts}, "
+                f"n={self.n}, {{{accs}}}, flags={self.flags})")
+
+
+def _chunks(x, y, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) tensors or an iterable of (x, y) batches (e.g. a DataLoader), regrouped into chunks of batch_size so
+    the numbers do not depend on how the loader batches."""
+    if isinstance(x, torch.Tensor):
+        if y is None:
+            raise ValueError("pass labels y with image tensors x (or pass a DataLoader of (x, y) batches as x)")
+        for idx in batches(len(x), batch_size):
+            yield x[idx], y[idx]
+        return
+    if y is not None:
+        raise ValueError("pass either tensors (x, y) or a DataLoader as x with y=None, not both")
+    xs, ys, held = [], [], 0
+    for batch in x:
+        xb, yb = batch[0], batch[1]
+        xs.append(xb)
+        ys.append(yb)
+        held += len(xb)
+        while held >= batch_size:
+            xa, ya = torch.cat(xs), torch.cat(ys)
+            yield xa[:batch_size], ya[:batch_size]
+            xs, ys, held = [xa[batch_size:]], [ya[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(xs), torch.cat(ys)
+
+
+def _attack_chunk(target, kernel, x, y, eps_grid, norm, options, keep_adv, generator):
+    """One chunk through the eps grid. Returns robust bool [len(eps_grid), n], {eps: x_adv}, flags."""
+    robust = ~target.wrong(x, y)
+    best = x.clone()  # per point: its fooling point once fooled, else its highest-loss point so far
+    masks, advs, flags, prev = [], {}, [], 0.0
+    for eps in eps_grid:
+        if eps > 0:
+            ids = robust.nonzero().squeeze(1)
+            if len(ids):
+                # the smaller ball lies inside this one: resume from the best point found there
+                x_init = best[ids] if prev > 0 else None
+                x_adv, fooled = kernel(target, x[ids], y[ids], eps=eps, norm=norm, x_init=x_init,
+                                       generator=generator, **options)
+                flags += ball_flags(x_adv, x[ids], eps, norm)
+                best[ids] = x_adv
+                robust[ids[fooled]] = False
+            prev = eps
+        masks.append(robust.clone())
+        if eps in keep_adv:
+            advs[eps] = best.to("cpu", torch.float32, copy=True)  # `best` keeps changing at larger eps
+    return torch.stack(masks), advs, flags
+
+
+def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_list: Sequence[float],
+                    attack: str = "pgd", norm: str = "linf", steps: int = 10, restarts: int = 1,
+                    batch_size: int = 256, amp: str = "auto", channels_last: bool = True,
+                    return_adv: bool | str = False, seed: int | None = 0, progress: bool = False,
+                    fold_bn: bool = True, check_monotonic: bool = True, **attack_kwargs) -> RobustAccuracy:
+    """Robust accuracy of `model` on (x [N, C, H, W] in [0, 1], y int64 [N]) — or a DataLoader of such batches passed
+    as `x` — under `attack` at each eps of `eps_list` (image units; 0 gives the clean accuracy).
+
+    The grid is attacked in ascending order; at a larger eps only the points that survived the smaller one are
+    attacked, resuming from their best point so far (a point fooled in a smaller ball is fooled in every larger one),
+    so accuracy cannot rise with eps. Points leave the working batch the moment they are fooled; "fooled" is decided in
+    float32 even when the steps run in bfloat16 (`amp`: "auto" = bf16 where the hardware supports it, "bf16", "off");
+    `channels_last` puts 4-D weights in channels_last format during the attack (faster convolutions); `fold_bn`
+    takes the gradients from a copy with BatchNorm folded into the convolutions (same function, faster; verdicts
+    still come from the model itself in float32).
+    `attack` is a key of `ATTACKS`; `steps`/`restarts` are ignored by "fgsm" (recorded as 1); further keyword options
+    go to the attack (e.g. rel_step, random_start). `return_adv`: False, True (keep the adversarial images at the
+    largest eps) or "all" (every eps) in `result.x_adv`. `seed` fixes the random starts (None: global RNG).
+    The model is attacked in eval mode and returned in the mode it came in. `check_monotonic=False` leaves out the
+    accuracy-rises check (for one shard of a larger set, whose check belongs to the whole). Returns a
+    `RobustAccuracy`.
+    """
+    kernel = ATTACKS[choice(attack, ATTACKS, "attack")]
+    if attack == "fgsm":
+        steps, restarts = 1, 1
+    check_options(norm, steps, restarts, attack_kwargs.get("rel_step"), attack_kwargs.get("loss"))
+    if isinstance(eps_list, (int, float)):
+        eps_list = [eps_list]
+    eps_grid = sorted({check_eps(e) for e in eps_list})
+    if not eps_grid:
+        raise ValueError("eps_list is empty; pass radii such as [0, 2/255, 8/255]")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if return_adv not in (False, True, "all"):
+        raise ValueError(f"return_adv must be False, True (largest eps) or 'all', got {return_adv!r}")
+    keep_adv = set(eps_grid) if return_adv == "all" else ({eps_grid[-1]} if return_adv else set())
+    options = dict(attack_kwargs)
+    if attack != "fgsm":
+        options.update(steps=int(steps), restarts=int(restarts))
+
+    target = ClassifierTarget(model, amp)
+    generator = None if seed is None else torch.Generator(target.device).manual_seed(seed)
+    masks, advs, flags = [], {e: [] for e in keep_adv}, []
+    chunks = _chunks(x, y, int(batch_size))
+    if progress:
+        total = math.ceil(len(x) / int(batch_size)) if isinstance(x, torch.Tensor) else None
+        chunks = tqdm(chunks, desc=f"{attack} {norm}", unit="batch", total=total)
+    fold_pending = fold_bn  # done once, on the first chunk (its first points check the folded copy)
+    with attack_mode(model, channels_last):
+        for xb, yb in chunks:
+            check_images(xb, yb)
+            xb, yb = xb.to(target.device, torch.float32), yb.to(target.device)
+            if fold_pending:
+                target.use_folded(xb[:64], channels_last)
+                fold_pending = False
+            mask, adv, chunk_flags = _attack_chunk(target, kernel, xb, yb, eps_grid, norm, options, keep_adv,
+                                                   generator)
+            masks.append(mask.cpu())
+            flags += chunk_flags
+            for e, a in adv.items():
+                advs[e].append(a)
+    if not masks:
+        raise ValueError("no images to attack: x is empty")
+    robust_mask = torch.cat(masks, dim=1)
+    accs = {eps: float(robust_mask[j].float().mean()) for j, eps in enumerate(eps_grid)}
+    flags = target.flags() + sorted(set(flags)) + (monotonicity_flags(accs) if check_monotonic else [])
+    result = RobustAccuracy(accs, flags=flags, n=robust_mask.shape[1], attack=attack, norm=norm, steps=int(steps),
+                            restarts=int(restarts), robust_mask=robust_mask,
+                            x_adv={e: torch.cat(a) for e, a in advs.items()})
+    _warn_flags(flags, f"robust_accuracy({attack}/{norm})")
+    return result

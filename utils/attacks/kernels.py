@@ -1,0 +1,207 @@
+"""The attack kernels: FGSM, PGD (any per-point loss, or any objective through a loss hook) and APGD.
+
+A kernel attacks one batch: kernel(target, x, y, *, eps, norm, steps, restarts, x_init, generator, **options)
+-> (x_adv [N, ...], fooled bool [N]). `target` is a `ClassifierTarget` or an `ObjectiveTarget` (utils.attacks
+.target). With keep="first-fooling" (the verdict mode) points leave the working batch as soon as they are fooled.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+from utils.attacks.geometry import project, random_start as draw_random_start, unit_direction
+from utils.attacks.target import Eval
+
+# What a PGD run returns per point: the first iterate that fools the model (verdicts; early stopping), the last
+# iterate (adversarial training, dense tasks: hard examples, no verdict), or the highest-loss iterate (transfer).
+KEEP_MODES = ("first-fooling", "last", "best-loss")
+
+class Record:
+    """What a kernel returns, filled as it goes: the fooling point where one was found, else the highest-loss point."""
+
+    def __init__(self, x_start: torch.Tensor, stop_when_fooled: bool = True):
+        n, device = len(x_start), x_start.device
+        self.stop_when_fooled = stop_when_fooled
+        self.x_adv = x_start.clone()
+        self.best_loss = torch.full((n,), float("-inf"), device=device)
+        self.fooled = torch.zeros(n, dtype=torch.bool, device=device)
+        self.exact = torch.zeros(n, dtype=torch.bool, device=device)  # x_adv's verdict came from a float32 forward
+
+    def update(self, ids: torch.Tensor, x: torch.Tensor, ev: Eval) -> torch.Tensor:
+        """Record the iterates x [len(ids), ...] of points ids; return the mask of points still to attack."""
+        better = ev.loss > self.best_loss[ids]
+        if bool(better.all()):  # the usual case: one copy
+            self.best_loss[ids] = ev.loss
+            self.x_adv.index_copy_(0, ids, x)
+            self.exact[ids] = ev.exact
+        elif bool(better.any()):
+            self.best_loss[ids[better]] = ev.loss[better]
+            self.x_adv[ids[better]] = x[better]
+            self.exact[ids[better]] = ev.exact
+        if not self.stop_when_fooled:  # best-loss mode: every point runs every step, no verdict on the way
+            return torch.ones_like(ev.fooled)
+        if bool(ev.fooled.any()):
+            self.x_adv[ids[ev.fooled]] = x[ev.fooled]
+            self.fooled[ids[ev.fooled]] = True
+            self.exact[ids[ev.fooled]] = True
+        return ~ev.fooled
+
+    def result(self, target, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_adv, fooled). A survivor whose best point was judged only in low precision (bf16 / TF32) is judged
+        again in float32, so that every verdict returned is a float32 one (fooled <=> the float32 model
+        misclassifies x_adv)."""
+        if not self.stop_when_fooled:  # best-loss mode: one float32 verdict on every returned point
+            return self.x_adv, target.wrong(self.x_adv, y)
+        ids = (~self.fooled & ~self.exact).nonzero().squeeze(1)
+        if len(ids):
+            self.fooled[ids] = target.wrong(self.x_adv[ids], y[ids])
+        return self.x_adv, self.fooled
+
+
+def compact(state: dict, keep: torch.Tensor) -> dict:
+    """Compact every per-point tensor of a kernel's state to the points in `keep` (leading dimension = points)."""
+    if bool(keep.all()):
+        return state
+    return {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+
+
+def begin(x, y, ids, eps, norm, restart, x_init, random_start, generator) -> dict:
+    """Kernel state of a restart on points ids: labels, the feasible set, and the start point xa.
+
+    The feasible set (eps-ball around x, inside [0, 1]) is kept as a box [lo, hi] for linf, so that projecting is a
+    single clamp per step; as the centre x0 for l2. Restart 0 resumes from x_init when given; every other start is
+    random (or x itself without random_start).
+    """
+    x0 = x[ids]
+    s = {"ids": ids, "y": None if y is None else y[ids]}
+    if norm == "linf":
+        s.update(lo=(x0 - eps).clamp_(min=0.0), hi=(x0 + eps).clamp_(max=1.0))
+    else:
+        s["x0"] = x0
+    if restart == 0 and x_init is not None:
+        s["xa"] = x_init[ids].clone()
+    else:
+        s["xa"] = draw_random_start(x0, eps, norm, generator) if random_start else x0.clone()
+    return s
+
+
+def into(xa: torch.Tensor, s: dict, eps: float, norm: str) -> torch.Tensor:
+    """Project xa onto the feasible set held in the kernel state s (see `begin`); same result as `project`."""
+    if norm == "linf":
+        return torch.clamp(xa, s["lo"], s["hi"])
+    return project(xa, s["x0"], eps, norm)
+
+
+def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10, rel_step: float | None = None,
+               restarts: int = 1, random_start: bool = True, loss="ce", keep: str = "first-fooling", x_init=None,
+               generator=None):
+    """Projected gradient ascent (Madry et al. 2018) with a fixed step rel_step * eps along sign(grad) (linf) or
+    grad / ||grad|| (l2); `loss` is a name in LOSSES or a callable (logits, y) -> [N] (ignored by an objective).
+
+    keep="first-fooling": each restart evaluates `steps` gradients, then the last iterate without one; a point leaves
+    the batch when fooled. keep="best-loss": every point runs every step; its highest-loss iterate is returned.
+    keep="last": one restart of `steps` gradient steps, the last iterate returned, no verdict (fooled is None).
+    """
+    alpha = (2.5 / steps if rel_step is None else rel_step) * eps
+    every = torch.arange(len(x), device=x.device)
+    if keep == "last":
+        s = begin(x, y, every, eps, norm, 0, x_init, random_start, generator)
+        for i in range(steps):
+            ev = target.evaluate(s["xa"], s["y"], loss, i)
+            s["xa"] = into(torch.add(s["xa"], unit_direction(ev.grad, norm), alpha=alpha), s, eps, norm)
+        return s["xa"], None
+    rec = Record(x if x_init is None else x_init, stop_when_fooled=keep == "first-fooling")
+    for r in range(restarts):
+        ids = (~rec.fooled).nonzero().squeeze(1) if rec.stop_when_fooled else every
+        if len(ids) == 0:
+            break
+        s = begin(x, y, ids, eps, norm, r, x_init, random_start, generator)
+        for i in range(steps + 1):
+            ev = target.evaluate(s["xa"], s["y"], loss, i, need_grad=i < steps)
+            s["grad"] = ev.grad
+            s = compact(s, rec.update(s["ids"], s["xa"], ev))
+            if i == steps or len(s["ids"]) == 0:
+                break
+            s["xa"] = into(torch.add(s["xa"], unit_direction(s["grad"], norm), alpha=alpha), s, eps, norm)
+    return rec.result(target, y)
+
+
+def fgsm_kernel(target, x, y, *, eps: float, norm: str = "linf", x_init=None, generator=None):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x (or from x_init)."""
+    return pgd_kernel(target, x, y, eps=eps, norm=norm, steps=1, rel_step=1.0, restarts=1, random_start=False,
+                x_init=x_init, generator=generator)
+
+
+def apgd_checkpoints(steps: int) -> tuple[int, int, int]:
+    """AutoAttack's checkpoint schedule as interval lengths: first interval 0.22*steps, each next one 0.03*steps
+    shorter, never below 0.06*steps (i.e. p_0=0, p_1=0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))."""
+    return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+
+
+def apgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+          loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, random_start: bool = True, x_init=None,
+          generator=None):
+    """Auto-PGD (Croce & Hein 2020, `autopgd_base.py` of fra31/auto-attack): step 2*eps, momentum 0.75, and at each
+    checkpoint the step is halved and the iterate reset to the best point for every point where
+    (a) the loss increased in at most rho (0.75) of the steps since the last checkpoint, or
+    (b) the step was not halved at the last checkpoint and the best loss has not improved since.
+
+    Each restart evaluates the start point plus `steps` iterates (the last one without a gradient).
+    """
+    first, shrink, shortest = apgd_checkpoints(steps)
+    rec = Record(x if x_init is None else x_init)
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for r in range(restarts):
+        ids = (~rec.fooled).nonzero().squeeze(1)
+        if len(ids) == 0:
+            break
+        s = begin(x, y, ids, eps, norm, r, x_init, random_start, generator)
+        ev = target.evaluate(s["xa"], s["y"], loss, 0)
+        n = len(ids)
+        s.update(grad=ev.grad, x_prev=s["xa"].clone(), x_best=s["xa"].clone(), grad_best=ev.grad.clone(),
+                 loss_best=ev.loss.clone(), step=torch.full((n,), 2.0 * eps, device=x.device),
+                 hist=torch.zeros(n, steps + 1, device=x.device),  # hist[:, i] = loss at iterate i
+                 best_at_check=ev.loss.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device))
+        s["hist"][:, 0] = ev.loss
+        s = compact(s, rec.update(s["ids"], s["xa"], ev))
+        interval, since_check = first, 0
+        for i in range(steps):
+            if len(s["ids"]) == 0:
+                break
+            a = momentum if i > 0 else 1.0
+            xa = s["xa"]
+            z = into(xa + s["step"].view(view) * unit_direction(s["grad"], norm), s, eps, norm)
+            s["x_prev"], s["xa"] = xa, into(xa + a * (z - xa) + (1 - a) * (xa - s["x_prev"]), s, eps, norm)
+            last = i == steps - 1
+            ev = target.evaluate(s["xa"], s["y"], loss, i + 1, need_grad=not last)
+            s["hist"][:, i + 1] = ev.loss
+            improved = ev.loss > s["loss_best"]
+            s["loss_best"] = torch.where(improved, ev.loss, s["loss_best"])
+            s["x_best"][improved] = s["xa"][improved]
+            if not last:
+                s["grad"] = ev.grad
+                s["grad_best"][improved] = ev.grad[improved]
+            s = compact(s, rec.update(s["ids"], s["xa"], ev))
+            since_check += 1
+            if since_check == interval and not last:
+                h = s["hist"][:, i + 1 - interval: i + 2]
+                increases = (h[:, 1:] > h[:, :-1]).sum(1)
+                halve = (increases <= rho * interval) | (~s["halved_at_check"] & (s["best_at_check"] >= s["loss_best"]))
+                s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+                s["xa"][halve] = s["x_best"][halve]
+                s["grad"][halve] = s["grad_best"][halve]
+                s["halved_at_check"], s["best_at_check"] = halve, s["loss_best"].clone()
+                since_check, interval = 0, max(interval - shrink, shortest)
+    return rec.result(target, y)
+
+
+# Dispatch by name; each entry is a kernel (see above). `cw` is PGD on the CW margin loss.
+ATTACKS: dict[str, Callable] = {
+    "fgsm": fgsm_kernel,
+    "pgd": pgd_kernel,
+    "cw": functools.partial(pgd_kernel, loss="cw"),
+    "apgd-ce": functools.partial(apgd_kernel, loss="ce"),
+    "apgd-dlr": functools.partial(apgd_kernel, loss="dlr"),
+}

@@ -1,0 +1,202 @@
+"""Statistics behind the verdicts: paired bootstrap intervals, SSL-minus-supervised gap tables, and the sentences
+that state what a run found (computed from the tables, never written by hand).
+
+Studies layer: works on masks and tidy tables only (pandas, torch); imports `utils.config` for shared names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from utils.config import METRIC_MAP, METRIC_MIOU, METRIC_PIXEL_ACC, SUPERVISED
+
+
+# ------------------------------------------------------------------------------------------------ classification
+
+def bootstrap_gap(mask_ssl: torch.Tensor, mask_sup: torch.Tensor, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """Paired bootstrap over test points of acc(SSL) - acc(supervised); masks are 0/1 [n] on the same points.
+
+    Returns (gap, low, high) with a percentile interval at `level`.
+    """
+    a, b = mask_ssl.float(), mask_sup.float()
+    if a.shape != b.shape:
+        raise ValueError(f"masks must cover the same points, got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(a), (n_boot, len(a)), generator=g)
+    gaps = a[idx].mean(1) - b[idx].mean(1)
+    lo, hi = torch.quantile(gaps, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return (a.mean() - b.mean()).item(), lo, hi
+
+
+def gap_table(masks: dict, eps_lists: dict[str, list[float]], *, attack: str = "pgd", supervised: str = SUPERVISED,
+              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """SSL-minus-supervised gap with paired bootstrap CIs for one attack: rows model, task, attack, norm, eps, gap,
+    lo, hi, n. `masks[(model, task, attack, norm)]` is 0/1 [len(eps), n] over the sweep's eps grid, which is
+    `eps_lists[norm]` in any order (a sweep walks it ascending, duplicates once)."""
+    rows = []
+    for (model, task, atk, norm), m in masks.items():
+        if atk != attack or model == supervised:
+            continue
+        sup = masks[(supervised, task, atk, norm)]
+        for j, eps in enumerate(sorted({float(e) for e in eps_lists[norm]})):
+            gap, lo, hi = bootstrap_gap(m[j], sup[j], n_boot=n_boot, seed=seed)
+            rows.append({"model": model, "task": task, "attack": atk, "norm": norm, "eps": eps, "gap": gap,
+                         "lo": lo, "hi": hi, "n": m.shape[1]})
+    return pd.DataFrame(rows)
+
+def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: str = SUPERVISED) -> str:
+    """Does "SSL encoders are more robust under linear evaluation" hold? One sentence per task, from a `gap_table`
+    (eps > 0 of `norm`): a method counts as more (less) robust at an eps when its whole interval lies above (below)
+    zero; the finding holds when such cells above outnumber those below and the mean gap is positive."""
+    lines = []
+    g = gaps[(gaps.norm == norm) & (gaps.eps > 0)]
+    for task, sub in g.groupby("task", sort=False):
+        above, below, total = int((sub.lo > 0).sum()), int((sub.hi < 0).sum()), len(sub)
+        mean_gap = 100 * sub.gap.mean()
+        verdict = ("holds" if above > below and mean_gap > 0 else
+                   "does NOT hold" if below >= above else "is mixed")
+        lines.append(f"{task}: mean SSL-minus-{supervised} gap {mean_gap:+.1f} points over {sub.eps.nunique()} eps x "
+                     f"{sub.model.nunique()} methods; significantly above zero in {above}/{total} cells, below in "
+                     f"{below}/{total}. The finding {verdict} in this setting.")
+    return "\n".join(lines)
+
+
+def regimes_verdict(regimes: pd.DataFrame, *, ref_eps: float, supervised: str = SUPERVISED) -> str:
+    """Does fine-tuning shrink the SSL-minus-supervised gap? Per task, from notebook 04's regimes table (PGD rows of
+    every regime): the mean gap at `ref_eps` per regime, and the mean clean / robust accuracy per regime."""
+    lines = []
+    at = regimes[regimes.eps.round(8) == round(ref_eps, 8)]
+    for t in list(dict.fromkeys(regimes.task)):
+        s = at[at.task == t].pivot_table(index="model", columns="regime", values="accuracy")
+        gap = (s.drop(supervised) - s.loc[supervised]).mean() * 100
+        word = "shrinks" if abs(gap["finetuned"]) < abs(gap["linear"]) else "does NOT shrink"
+        lines.append(f"{t} @ eps={ref_eps * 255:.0f}/255: mean SSL-minus-supervised gap linear {gap['linear']:+.1f}, "
+                     f"finetuned {gap['finetuned']:+.1f}, adv-finetuned {gap['adv-finetuned']:+.1f} points. "
+                     f"Fine-tuning {word} the gap in this setting.")
+        clean = regimes[(regimes.task == t) & (regimes.eps == 0)].groupby("regime")["accuracy"].mean()
+        rob = at[at.task == t].groupby("regime")["accuracy"].mean()
+        lines.append("   mean clean / robust accuracy: " +
+                     ", ".join(f"{r} {clean[r]:.3f} / {rob[r]:.3f}" for r in clean.index))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------- dense tasks
+
+def headline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per encoder: clean and strongest-attack (largest eps) mAP@0.5, mIoU (PGD, SegPGD) and pixel accuracy."""
+    eps_max = df["eps"].max()
+    cols = {}
+    for (task, attack, metric), name in {("detection", "pgd", METRIC_MAP): "mAP50",
+                                         ("segmentation", "pgd", METRIC_MIOU): "mIoU",
+                                         ("segmentation", "segpgd", METRIC_MIOU): "mIoU",
+                                         ("segmentation", "segpgd", METRIC_PIXEL_ACC): "pixel_acc"}.items():
+        sub = df[(df["task"] == task) & (df["attack"] == attack) & (df["metric"] == metric)]
+        piv = sub.pivot_table(index="model", columns="eps", values="accuracy", sort=False)
+        if name + " clean" not in cols:
+            cols[name + " clean"] = piv[0.0]
+        cols[f"{name} {attack} {eps_max * 255:g}/255"] = piv[eps_max]
+    return pd.DataFrame(cols).round(3)
+
+
+# Which curve stands for each task in the gap comparison: (attacks, metric). With several attacks the per-model,
+# per-eps minimum counts (the worst case over the attacks run, as robust accuracy takes it).
+GAP_CURVES = {"classification": (("pgd",), "accuracy"), "detection": (("pgd",), METRIC_MAP),
+              "segmentation": (("pgd", "segpgd"), METRIC_MIOU)}
+
+
+def classification_rows(path: str | Path, *, task: str) -> pd.DataFrame | None:
+    """Notebook 03's linear-evaluation L-inf PGD rows of the in-domain classification `task` (e.g. "fashion_mnist")
+    as task "classification", metric "accuracy"; None when the table does not exist (yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    sel = df[(df["attack"] == "pgd") & (df["norm"] == "linf") & (df["task"] == task)
+             & (df["regime"] == "linear")].copy()
+    sel["task"], sel["metric"] = "classification", "accuracy"
+    return sel
+
+
+def ssl_gaps(df: pd.DataFrame, supervised: str = SUPERVISED, ssl: Sequence[str] | None = None,
+             min_clean: float = 0.05) -> pd.DataFrame:
+    """SSL-minus-supervised gaps per task and eps for the curves in GAP_CURVES.
+
+    Columns: task, attack, metric, eps, ssl_mean, supervised, gap (ssl_mean - supervised, in the metric's units) and
+    rel_gap (the same for the retained fraction metric(eps) / metric(0), which puts tasks with different clean levels
+    on one scale; NaN where a model's clean value is below `min_clean`, since a ratio of near-zero numbers is noise).
+    `ssl`: the SSL models to average (default: every model but `supervised`). Tasks whose supervised or SSL rows
+    are missing are left out."""
+    out = []
+    for task, (attacks, metric) in GAP_CURVES.items():
+        sub = df[(df["task"] == task) & df["attack"].isin(attacks) & (df["metric"] == metric)]
+        piv = sub.pivot_table(index="eps", columns="model", values="accuracy", aggfunc="min").sort_index()
+        attack = "min(" + ", ".join(attacks) + ")" if len(attacks) > 1 else attacks[0]
+        ssl_cols = [c for c in piv.columns if c != supervised and (ssl is None or c in ssl)]
+        if supervised not in piv.columns or not ssl_cols:
+            continue
+        clean = piv.loc[piv.index.min()]
+        rel = piv / clean.where(clean >= min_clean)
+        for eps in piv.index:
+            out.append({"task": task, "attack": attack, "metric": metric, "eps": float(eps),
+                        "ssl_mean": piv.loc[eps, ssl_cols].mean(), "supervised": piv.loc[eps, supervised],
+                        "gap": piv.loc[eps, ssl_cols].mean() - piv.loc[eps, supervised],
+                        "rel_gap": rel.loc[eps, ssl_cols].mean(skipna=False) - rel.loc[eps, supervised]})
+    return pd.DataFrame(out, columns=["task", "attack", "metric", "eps", "ssl_mean", "supervised", "gap",
+                                      "rel_gap"])
+
+
+def shared_eps(gaps: pd.DataFrame) -> list[float]:
+    """The nonzero eps (in units of 1/255, rounded) at which every task in `gaps` was evaluated, ascending."""
+    common = None
+    for _, g in gaps.groupby("task"):
+        e = {round(v * 255, 6) for v in g["eps"] if v > 0}
+        common = e if common is None else common & e
+    return sorted(common or [])
+
+
+def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per task: the gap and the retained-fraction gap averaged over the shared nonzero eps (the area between the
+    SSL-mean and supervised curves divided by the number of eps), plus the clean gap."""
+    eps255 = shared_eps(gaps)
+    rows = []
+    for task, g in gaps.groupby("task", sort=False):
+        at = g[np.isin(np.round(g["eps"] * 255, 6), eps255)]
+        rows.append({"task": task, "metric": g["metric"].iloc[0], "attack": g["attack"].iloc[0],
+                     "clean_gap": g.loc[g["eps"].idxmin(), "gap"], "mean_gap": at["gap"].mean(),
+                     "mean_rel_gap": at["rel_gap"].mean(skipna=False), "n_eps": len(at)})
+    return pd.DataFrame(rows)
+
+
+def gap_verdict(gaps: pd.DataFrame) -> str:
+    """Sentences, computed from `gaps`, on whether the SSL advantage under attack shrinks in the dense tasks compared
+    with classification (retained-fraction gap averaged over the shared nonzero eps)."""
+    eps255 = shared_eps(gaps)
+    if not eps255:
+        return "No nonzero eps is shared by the tasks: no comparison is possible."
+    summ = gap_summary(gaps).set_index("task")
+    eps_txt = ", ".join(f"{e:g}" for e in eps255)
+    lines = [f"SSL mean minus supervised, averaged over eps = {eps_txt} (/255):"]
+    for t, r in summ.iterrows():
+        lines.append(f"  {t:14s} {r['mean_rel_gap']:+.3f} in retained fraction ({r['mean_gap']:+.3f} {r['metric']};"
+                     f" clean gap {r['clean_gap']:+.3f})")
+    dense_tasks = [t for t in ("detection", "segmentation") if t in summ.index]
+    if "classification" not in summ.index:
+        lines.append("Notebook 03's table is missing: the dense gaps cannot be set against classification here.")
+        return "\n".join(lines)
+    cls = summ.loc["classification", "mean_rel_gap"]
+    if np.isnan(cls) or any(np.isnan(summ.loc[t, "mean_rel_gap"]) for t in dense_tasks):
+        lines.append("A clean metric is too low (< 0.05) for a retained fraction: no verdict in this setting.")
+    elif cls <= 0:
+        lines.append(f"The SSL encoders show no robustness advantage in classification ({cls:+.3f}), so there is no "
+                     f"advantage to shrink in this setting.")
+    else:
+        for t in dense_tasks:
+            d = summ.loc[t, "mean_rel_gap"]
+            word = "shrinks" if d < cls else "does not shrink"
+            lines.append(f"In {t} the SSL advantage {word} ({d:+.3f} vs {cls:+.3f} in classification).")
+    return "\n".join(lines)
