@@ -22,3 +22,28 @@ def data_root() -> str:
 
     prepare_fashion_mnist(ROOT / "data")
     return str(ROOT / "data")
+
+
+@pytest.fixture
+def tiny_repo(tmp_path):
+    """A throwaway repository for the chain runner. `tiny_repo("01_x.ipynb", "x = 1", ("md", "## A"), ...)` writes a
+    notebook of a `parameters` cell (smoke profile, no progress bars) and the given cells (a string: code; ("md",
+    text): markdown) under notebooks/; returns the repository root."""
+    import nbformat
+
+    from utils.pipeline import KERNEL_NAME
+
+    for folder in ("notebooks", "utils"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    (tmp_path / "pyproject.toml").write_text("")
+
+    def write(name: str, *cells) -> Path:
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell("profile = 'smoke'\nprogress = False", metadata={"tags": ["parameters"]}),
+            *(nbformat.v4.new_markdown_cell(c[1]) if isinstance(c, tuple) else nbformat.v4.new_code_cell(c)
+              for c in cells)])
+        nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "x", "language": "python"}
+        nbformat.write(nb, tmp_path / "notebooks" / name)
+        return tmp_path
+
+    return write

@@ -85,7 +85,7 @@ def test_attacks_stay_in_ball_and_range(model, data, name, norm, eps):
 
 
 def test_registry_dispatch_covers_every_attack():
-    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"}
 
 
 # --------------------------------------------------------------------------------------------- robust accuracy

@@ -1,28 +1,23 @@
 """The notebook chain: committed notebooks are clean and parameterized; the smoke chain runs end to end."""
+import ast
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from utils import pipeline
-from utils.config import notebook_parameters
+from utils import parallel, pipeline
+from utils.config import KEY_DOCS, PROFILES, notebook_parameters, parameters_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.list_notebooks(ROOT)
-
-# What each notebook must leave behind in the smoke profile (checked for the notebooks that exist).
-EXPECTED = {
-    "01": {"figures": ["01_samples.png", "01_pretraining_loss.png", "01_augmented_views.png", "01_quick_probe.png"],
-           "tables": ["01_encoders.csv"]},
-    "02": {"figures": ["02_clean_accuracy.png"], "tables": ["02_linear_eval.csv"]},
-    "03": {"figures": ["03_robust_vs_eps.png", "03_heatmap.png", "03_gap_ci.png", "03_examples.png"],
-           "tables": ["03_robustness.csv"]},
-    "04": {"figures": ["04_regimes_gap.png", "04_factors.png"], "tables": ["04_regimes.csv", "04_factors.csv"]},
-    "05": {"figures": ["05_dense_vs_eps.png", "05_gap_dense_vs_cls.png", "05_examples.png"], "tables": ["05_dense.csv"]},
-}
-
 
 def _parameters_cell(nb):
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
@@ -46,17 +41,46 @@ def test_committed_notebook_is_clean_and_parameterized(path):
         assert ns[k] == pytest.approx(v) if isinstance(v, float) else ns[k] == v, k
 
 
-def test_failure_names_notebook_cell_and_copy(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "utils").mkdir()
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("profile = 'smoke'\nprogress = False", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
-    ])
-    nb.metadata["kernelspec"] = {"name": pipeline.KERNEL_NAME, "display_name": "x", "language": "python"}
-    nbformat.write(nb, tmp_path / "notebooks" / "01_broken.ipynb")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_parameters_cell_comments_are_key_docs(path):
+    """Every knob of a parameters cell sits under one comment line that is its unit and meaning from KEY_DOCS, and
+    the cell is exactly what utils.config renders (`python -m utils.pipeline --write-parameters` rewrites it)."""
+    source = _parameters_cell(nbformat.read(path, as_version=4)).source
+    lines = source.splitlines()
+    assigned = []
+    for node in ast.parse(source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"line {node.lineno}: one assignment a line"
+        key = node.targets[0].id
+        assigned.append(key)
+        comment = lines[node.lineno - 2] if node.lineno > 1 else ""
+        assert comment == f"# {KEY_DOCS[key]}", f"{path.name}: {key}'s comment is {comment!r}, KEY_DOCS says " \
+                                                 f"{KEY_DOCS[key]!r}"
+    assert len(assigned) == len(set(assigned))
+    assert source == parameters_source(path.name[:2]), \
+        f"{path.name}'s parameters cell drifted from utils.config: run `python -m utils.pipeline --write-parameters`"
+
+
+def test_notebooks_take_only_the_common_keys_they_use():
+    """checkpoint_root (the official checkpoints) is a knob of notebook 01 only, in every profile."""
+    for profile in PROFILES:
+        assert "checkpoint_root" in notebook_parameters(profile, "01")
+        for nb in ("02", "03", "04", "05"):
+            p = notebook_parameters(profile, nb)
+            assert "checkpoint_root" not in p and {"seed", "device", "methods", "data_root"} <= set(p), (profile, nb)
+
+
+def test_every_output_a_notebook_writes_is_declared():
+    """The runner checks what `NOTEBOOK_OUTPUTS` declares: every table and figure a notebook's code writes is there."""
+    for path in NOTEBOOKS:
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        written = set(re.findall(r'save_figure\([^()]*ctx\.figure\("([^"]+)"\)', code)) | \
+            set(re.findall(r'write_table\([^()]*?ctx\.result\("([^"]+)"\)', code))
+        declared = {n for names in pipeline.NOTEBOOK_OUTPUTS[path.name[:2]].values() for n in names}
+        assert written and written <= declared, f"{path.name} writes {sorted(written - declared)} undeclared"
+
+
+def test_failure_names_notebook_cell_and_copy(tiny_repo, tmp_path):
+    tiny_repo("01_broken.ipynb", "x = 1", "raise ValueError('broken on purpose')")
     with pytest.raises(pipeline.NotebookFailed) as e:
         pipeline.run_chain("smoke", root=tmp_path, log=lambda *_: None)
     msg = str(e.value)
@@ -76,27 +100,29 @@ def _table(name):
 
 @pytest.mark.slow
 def test_smoke_chain_end_to_end(smoke_chain):
-    """Every notebook ran, drew its figures and wrote its tables with provenance; a rerun skips all."""
+    """Every notebook ran, drew its figures and wrote its tables with provenance (what it declares in
+    `pipeline.NOTEBOOK_OUTPUTS`); a rerun skips all."""
     assert [r["status"] for r in smoke_chain] == ["ran"] * len(NOTEBOOKS)
-    figures, results = ROOT / "figures" / "smoke", ROOT / "results" / "smoke"
     for nb in NOTEBOOKS:
-        exp = EXPECTED.get(nb.name[:2], {})
-        for f in exp.get("figures", []):
-            p = figures / f
-            assert p.is_file() and p.stat().st_size > 5000, f"{nb.name} did not draw {f}"
-        for t in exp.get("tables", []):
-            df = pd.read_csv(results / t)
-            assert len(df) > 0, f"{t} is empty"
-            if "accuracy" in df:
-                assert df["accuracy"].between(0, 1).all(), f"{t}: accuracies outside [0, 1]"
-            prov = json.loads((results / (t + ".provenance.json")).read_text())
-            assert prov["profile"] == "smoke" and prov["git_commit"] and prov["versions"]["torch"]
+        for p in pipeline.declared_outputs("smoke", nb.name[:2]):
+            assert p.is_file(), f"{nb.name} did not write {p}"
+            if p.suffix == ".png":
+                assert p.stat().st_size > 5000, f"{nb.name} drew an empty {p.name}"
+            if p.suffix == ".csv":
+                df = pd.read_csv(p)
+                assert len(df) > 0, f"{p.name} is empty"
+                if "accuracy" in df:
+                    assert df["accuracy"].between(0, 1).all(), f"{p.name}: accuracies outside [0, 1]"
+                prov = json.loads(p.with_name(p.name + ".provenance.json").read_text())
+                assert prov["profile"] == "smoke" and prov["git_commit"] and prov["versions"]["torch"]
     again = pipeline.run_chain("smoke", log=print)
     assert [r["status"] for r in again] == ["skipped"] * len(NOTEBOOKS)
 
 
 def _whitebox(df):
-    return df[~df["attack"].str.startswith("transfer") & (df["attack"] != "square")]
+    """The rows of the attack grid itself (not the worst case, the convergence check or transfer)."""
+    return df[~df["attack"].str.startswith("transfer") & (df["attack"] != "worst-case")
+              & ~df["attack"].str.endswith("(convergence)")]
 
 
 @pytest.mark.slow
@@ -115,9 +141,22 @@ def test_03_has_a_row_for_every_model_task_attack_eps(smoke_chain):
     for _, g in wb.groupby(["model", "task", "attack", "norm"]):
         acc = g.sort_values("eps")["accuracy"].to_numpy()
         assert (acc[1:] <= acc[:-1] + 1e-9).all(), g
-    # Black-box check and transfer attacks in both directions are in the same table.
+    # The per-point worst case: a row for every model x task x norm x eps, never above any attack's accuracy.
     df = _table("03_robustness.csv")
-    assert set(df[df.attack == "square"].model) == set(common["methods"])
+    wc = df[df.attack == "worst-case"]
+    grids = (("linf", p["eps_linf"]), ("l2", p["eps_l2"]))
+    assert {(r.model, r.task, r.norm, round(r.eps, 8)) for r in wc.itertuples()} == \
+        {(m, t, n, round(e, 8)) for m in common["methods"] for t in tasks for n, grid in grids for e in grid}
+    full = wb[wb.n == p["n_attack"]]  # the ensemble covers only the first n_ensemble points: not comparable here
+    assert (wb[wb.attack == "autoattack"].n == p["n_ensemble"]).all()
+    lowest = full.groupby(["model", "task", "norm", full.eps.round(8)]).accuracy.min()
+    for r in wc.itertuples():
+        assert r.accuracy <= lowest[(r.model, r.task, r.norm, round(r.eps, 8))] + 1e-9, r
+    # the ensemble carries the masking check; the convergence check ran for every classifier with every budget
+    assert df[df.attack == "autoattack"].square_only.notna().all()
+    conv = df[df.attack.str.endswith("(convergence)")]
+    assert len(conv) == len(common["methods"]) * len(tasks) * len(p["convergence_schedule"])
+    # transfer attacks in both directions are in the same table
     sources = set(df[df.attack.str.startswith("transfer")].attack)
     assert "transfer-pgd<supervised" in sources and len(sources) == len(common["methods"])
 
@@ -127,6 +166,7 @@ def test_03_accuracy_at_eps0_is_the_clean_accuracy_of_02(smoke_chain):
     assert notebook_parameters("smoke", "02")["n_test"] == notebook_parameters("smoke", "03")["n_attack"]
     clean = _table("02_linear_eval.csv").set_index(["model", "task"])
     wb = _whitebox(_table("03_robustness.csv"))
+    wb = wb[wb.attack != "autoattack"]  # the ensemble runs on the first n_ensemble points only
     at0 = wb[wb.eps == 0]
     assert len(at0) > 0
     for r in at0.itertuples():
@@ -176,3 +216,95 @@ def test_05_has_every_encoder_task_and_eps(smoke_chain):
         assert len(sub) > 0, m
         for (task, attack, metric), g in sub.groupby(["task", "attack", "metric"]):
             assert sorted(g.eps.round(8)) == sorted(round(e, 8) for e in p["eps_linf"]), (m, task, attack, metric)
+
+
+@pytest.mark.slow
+def test_03_teaching_section_is_fast_and_its_pgd_gives_the_kernels_verdicts(smoke_chain):
+    """Part 1 of notebook 03: the hand-written PGD gives utils.attacks.pgd's verdicts on all n_teach (100) points, and
+    the whole section (the cells tagged `teaching`) runs in under 30 s."""
+    p = notebook_parameters("smoke", "03")
+    teaching = _table("03_teaching.csv").set_index("quantity")
+    assert p["n_teach"] == 100 and (teaching["n"] == 100).all()
+    assert teaching.loc["verdicts_agree_hand_vs_kernel", "value"] == 100
+    assert teaching.loc["bf16_verdicts_overturned", "value"] <= teaching.loc["bf16_verdicts_compared", "value"]
+    assert teaching.loc["point_attacks_cascade", "value"] <= teaching.loc["point_attacks_each_eps_alone", "value"]
+    executed = json.loads((ROOT / "runs" / "smoke" / "03_attack_eval.ipynb").read_text())
+    cells = [c for c in executed["cells"] if "teaching" in c["metadata"].get("tags", [])]
+    assert sum(c["cell_type"] == "code" for c in cells) >= 8
+    seconds = sum(c["metadata"]["papermill"]["duration"] or 0.0 for c in cells)
+    assert 0 < seconds < 30, f"the teaching section took {seconds:.1f} s"
+    # it comes first: right after the set-up cell, before the attack grid
+    first = next(i for i, c in enumerate(executed["cells"]) if "teaching" in c["metadata"].get("tags", []))
+    grid = next(i for i, c in enumerate(executed["cells"]) if "run_attack_grid" in "".join(c["source"]))
+    assert first < grid
+
+
+# ---------------------------------------------------------------------------------- kill -9, then a rerun
+
+TIMING = ["seconds", "wall_s", "pretrain_s", "from_cache"]  # how long a step took, and whether it was cached
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (the runner's kernels)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def _smoke_chain_in(root: Path, until=None, sig=signal.SIGKILL, timeout: float = 1200) -> tuple[int, str]:
+    """`python -m utils.pipeline --profile smoke` with its outputs under `root`. With `until`, once it holds: SIGKILL
+    the runner and its kernel (which runs in a session of its own, with its worker processes), or SIGINT the
+    runner's process group as a terminal's Ctrl-C does. Returns (exit status, stderr)."""
+    err_path = root / f"stderr-{time.monotonic_ns()}.txt"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "utils.pipeline", "--profile", "smoke"], cwd=ROOT,
+                                env={**os.environ, "SSL_ADV_OUTPUT_ROOT": str(root)}, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        t0 = time.monotonic()
+        while until is not None and not until():
+            assert proc.poll() is None, f"the chain ended before the kill point: {err_path.read_text()[-2000:]}"
+            assert time.monotonic() - t0 < timeout, "the kill point never came"
+            time.sleep(0.2)
+        if until is not None and sig == signal.SIGKILL:
+            for kernel in _children(proc.pid):
+                os.killpg(kernel, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif until is not None:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    return proc.returncode, err_path.read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_twice_then_rerun_gives_the_tables_of_an_uninterrupted_run(smoke_chain, tmp_path):
+    """kill -9 during 01's pretraining and during 03's attack grid, Ctrl-C during 04's fine-tuning, then a plain
+    rerun: every table equals the uninterrupted smoke chain's (`smoke_chain`), timing columns aside."""
+    cache = tmp_path / "cache" / "smoke"
+    first_encoder_done = lambda: any("-epoch" not in p.name for p in (cache / "encoders").glob("*.safetensors"))
+    rc, _ = _smoke_chain_in(tmp_path, until=first_encoder_done)
+    assert rc == -signal.SIGKILL
+    state = json.loads((tmp_path / "runs" / "smoke" / "state.json").read_text())
+    assert state["01_data_and_encoders.ipynb"]["status"] == "running"  # not taken for a finished run
+
+    rc, _ = _smoke_chain_in(tmp_path, until=lambda: len(list((cache / "attacks").glob("*.json"))) >= 3)
+    assert rc == -signal.SIGKILL
+
+    rc, err = _smoke_chain_in(tmp_path, sig=signal.SIGINT,
+                              until=lambda: any((cache / "classifiers").glob("*-finetuned-*.safetensors")))
+    assert rc == 130 and err.strip() == parallel.INTERRUPTED, err  # one line, no worker tracebacks
+
+    rc, err = _smoke_chain_in(tmp_path)
+    assert rc == 0, err[-3000:]
+    tables = [p for nb in NOTEBOOKS for p in pipeline.declared_outputs("smoke", nb.name[:2], tmp_path)
+              if p.suffix == ".csv"]
+    assert len(tables) >= len(NOTEBOOKS)
+    for ours in tables:
+        a, b = pd.read_csv(ours), pd.read_csv(ROOT / "results" / "smoke" / ours.name)
+        pd.testing.assert_frame_equal(a.drop(columns=TIMING, errors="ignore"),
+                                      b.drop(columns=TIMING, errors="ignore"), obj=ours.name)

@@ -318,12 +318,14 @@ def test_nothing_trained_here_means_the_official_files_under_checkpoint_root(tmp
     `checkpoint_root` passed (or the one in the 01 parameters); any profile whose 01 parameters train nothing does."""
     _write(tmp_path, ref, "dino", "backbone", "pth", name=C.REGISTRY["dino"].file_name)
     _write(tmp_path, ref, "vicreg", "backbone", "safetensors", name="vicreg_resnet50.safetensors")
-    out = encoders.pretrained_encoders("paper", ["dino", "vicreg"], checkpoint_root=tmp_path)
+    out = encoders.pretrained_encoders("paper", ["dino", "vicreg"], checkpoint_root=tmp_path,
+                                       cache_dir=tmp_path / "cache", record=True)
     assert list(out) == ["dino", "vicreg"]
     assert out["dino"][1] == {"method": "dino", "path": str(tmp_path / "dino_resnet50_pretrain.pth"), "from_cache": True}
     assert out["vicreg"][1]["path"] == str(tmp_path / "vicreg_resnet50.safetensors")
     params01 = {"epochs": 0, "n_pretrain": 0, "checkpoint_root": str(tmp_path)}
-    loaded = encoders.load_encoders("paper", ["dino"], device="cpu", checkpoint_root=tmp_path)
+    # later notebooks read the files notebook 01 recorded (with their sha256), not the profile's checkpoint_root
+    loaded = encoders.load_encoders("paper", ["dino"], device="cpu", cache_dir=tmp_path / "cache")
     for model in (out["dino"][0], out["vicreg"][0], loaded["dino"][0],
                   encoders.pretrained_encoders("smoke", ["dino"], params01=params01)["dino"][0]):
         assert not model.training

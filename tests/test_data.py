@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from utils import data
-from utils.config import PROFILES, notebook_parameters, output_dirs
+from utils.config import PROFILES, REPO_ROOT, notebook_parameters, output_dirs
 
 
 def test_fashion_mnist_shapes_ranges_and_labels(data_root):
@@ -64,7 +64,7 @@ def test_profiles_are_complete():
     for name in PROFILES:
         for nb, k in keys.items():
             assert set(notebook_parameters(name, nb)) == k, (name, nb)
-    assert output_dirs("cpu")["figures_dir"] == "figures"
-    assert output_dirs("smoke")["figures_dir"] == "figures/smoke"
+    assert output_dirs("cpu")["figures_dir"] == REPO_ROOT / "figures"
+    assert output_dirs("smoke")["figures_dir"] == REPO_ROOT / "figures" / "smoke"
     with pytest.raises(ValueError, match="unknown profile"):
         notebook_parameters("gpu", "01")

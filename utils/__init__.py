@@ -4,7 +4,7 @@ Layered: a module imports only modules listed above it here (tests/test_layers.p
 
 base (imports nothing above the base)
     config       the profiles (smoke, cpu, paper) as data, shared names (methods, regimes), every knob's meaning
-    store        atomic files, keyed JSON caches, digests (the only place that hashes), provenance, tidy tables
+    store        atomic files, keyed caches that check their sha256, digests (the only place that hashes), provenance
     runtime      the device and precision policy (bf16 only where the hardware has it), seeds, batches, LR schedule
     parallel     worker processes for independent jobs, cached jobs, torch.distributed set-up
     attacks/     the attack kernel: FGSM, PGD (one loop, with a loss hook), APGD, robust_accuracy, sanity flags

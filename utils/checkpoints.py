@@ -293,6 +293,8 @@ _SAFE_GLOBALS = [argparse.Namespace]
 
 def _read(path: Path, spec: CheckpointSpec) -> object:
     """Load a .safetensors or pickled checkpoint without running code from it (see the module docstring)."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
@@ -319,9 +321,13 @@ def _read(path: Path, spec: CheckpointSpec) -> object:
         raise UnsafeCheckpointError(
             f"refused to load {path}: {what}, which weights_only=True does not allow, so loading it would run code "
             f"from the file (nothing was run). Treat it as untrusted. {how}") from None
-    except RuntimeError as e:  # torch's zip reader: truncated or not a checkpoint at all
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({str(e).splitlines()[0]}): it may be "
-                              f"corrupt or truncated; compare its sha256 with the source, or download it again") from e
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as e:
+        # torch's zip reader (truncated), or the legacy pickle reader on a file that is no checkpoint at all (a text
+        # or HTML page saved under a .pth name raises a bare KeyError of its first byte)
+        first = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {first}): it is "
+                              f"corrupt or truncated, or no checkpoint at all (an error page saved by a download?); "
+                              f"compare its sha256 with the source, or download it again") from None
 
 
 def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, method: str | None = None,

@@ -2,14 +2,18 @@
 
 Base layer: imports nothing from `utils`. One code path for every profile: a profile only changes parameters.
 
-`PROFILES[name]["common"]` holds knobs every notebook reads; `PROFILES[name]["NN"]` the knobs of notebook `NN`.
-`notebook_parameters(profile, "03")` is what the chain runner injects into a notebook's `parameters` cell; the
-defaults written in each notebook's `parameters` cell are the `cpu` values, so a notebook opened in JupyterLab runs
-as-is in the default profile. `KEY_DOCS[key]` gives every knob's unit and meaning.
+`PROFILES[name]["common"]` holds knobs shared by several notebooks (`NOTEBOOK_COMMON_KEYS` says which of them each
+notebook takes); `PROFILES[name]["NN"]` the knobs of notebook `NN`. `notebook_parameters(profile, "03")` is what the
+chain runner injects into a notebook's `parameters` cell; the defaults written in each notebook's `parameters` cell
+are the `cpu` values, so a notebook opened in JupyterLab runs as-is in the default profile. `KEY_DOCS[key]` gives
+every knob's unit and meaning; `parameters_source("03")` is the `parameters` cell itself (cpu values, one comment
+per knob from KEY_DOCS), written into the notebooks by `python -m utils.pipeline --write-parameters`.
 """
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 METHODS = ["supervised", "simclr", "mocov2", "byol", "swav", "dino", "barlowtwins", "vicreg"]
 SSL_METHODS = [m for m in METHODS if m != "supervised"]
@@ -32,6 +36,15 @@ _COMMON = {
     "device": "cpu",
 }
 
+# Which common knobs each notebook takes (only those it uses; a notebook not listed takes them all).
+NOTEBOOK_COMMON_KEYS: dict[str, tuple[str, ...]] = {
+    "01": ("seed", "data_root", "checkpoint_root", "device", "methods"),  # 01 alone loads the official checkpoints
+    "02": ("seed", "data_root", "device", "methods"),
+    "03": ("seed", "data_root", "device", "methods"),
+    "04": ("seed", "data_root", "device", "methods"),
+    "05": ("seed", "data_root", "device", "methods"),
+}
+
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "common": {**_COMMON, "methods": METHODS},
@@ -39,9 +52,11 @@ PROFILES: dict[str, dict[str, dict]] = {
                "augmentations": AUGMENTATIONS, "n_probe_train": 512, "n_probe_test": 256},
         "02": {"n_probe_train": 512, "n_test": 128, "probe_epochs": 20, "transfer_task": "digits"},
         "03": {"n_attack": 128, "transfer_task": "digits", "eps_linf": [0, 2 / 255, 8 / 255, 64 / 255],
-               "eps_l2": [0, 0.5, 2.0], "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr"],
-               "l2_attacks": ["pgd"], "steps": 3, "restarts": 1, "n_square": 32, "square_eps": 8 / 255,
-               "square_queries": 20, "n_show": 2},
+               "eps_l2": [0, 0.5, 2.0], "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
+               "l2_attacks": ["pgd"], "steps": 3, "restarts": 1, "square_queries": 20, "n_targets": 3,
+               "n_ensemble": 64,
+               "ref_eps": 2 / 255, "convergence_n": 32, "convergence_schedule": [[3, 1], [6, 1], [6, 2]],
+               "n_show": 2, "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 256, "finetune_epochs": 1, "finetune_lr": 3e-4,
                "adv_epochs": 1, "adv_eps": 4 / 255, "adv_steps": 2, "n_attack": 128,
                "eps_linf": [0, 2 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 3,
@@ -58,8 +73,11 @@ PROFILES: dict[str, dict[str, dict]] = {
         "02": {"n_probe_train": 10000, "n_test": 1000, "probe_epochs": 100, "transfer_task": "digits"},
         "03": {"n_attack": 1000, "transfer_task": "digits",
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
-               "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr"], "l2_attacks": ["pgd"], "steps": 10,
-               "restarts": 1, "n_square": 200, "square_eps": 8 / 255, "square_queries": 200, "n_show": 2},
+               "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd"],
+               "steps": 10, "restarts": 1, "square_queries": 500, "n_targets": 3, "n_ensemble": 100,
+               "ref_eps": 4 / 255,
+               "convergence_n": 100, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]], "n_show": 2,
+               "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 5000, "finetune_epochs": 2, "finetune_lr": 3e-4,
                "adv_epochs": 2, "adv_eps": 4 / 255, "adv_steps": 3, "n_attack": 1000,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "ref_eps": 2 / 255, "steps": 10,
@@ -77,9 +95,11 @@ PROFILES: dict[str, dict[str, dict]] = {
         "02": {"n_probe_train": 100000, "n_test": 50000, "probe_epochs": 100, "transfer_task": "cifar10"},
         "03": {"n_attack": 5000, "transfer_task": "cifar10",
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
-               "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr"], "l2_attacks": ["pgd", "apgd-ce"],
-               "steps": 100, "restarts": 5, "n_square": 1000, "square_eps": 4 / 255, "square_queries": 5000,
-               "n_show": 2},
+               "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
+               "l2_attacks": ["pgd", "apgd-ce"], "steps": 100, "restarts": 5, "square_queries": 5000, "n_targets": 9,
+               "n_ensemble": 5000,
+               "ref_eps": 4 / 255, "convergence_n": 1000, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]],
+               "n_show": 2, "n_teach": 100, "teach_eps": 4 / 255, "teach_steps": 10},
         "04": {"transfer_task": "cifar10", "n_finetune": 100000, "finetune_epochs": 20, "finetune_lr": 1e-4,
                "adv_epochs": 10, "adv_eps": 4 / 255, "adv_steps": 10, "n_attack": 2000,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 50,
@@ -100,17 +120,63 @@ def notebook_parameters(profile: str, notebook: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     p = PROFILES[profile]
-    params = {"profile": profile, **copy.deepcopy(p["common"]), **copy.deepcopy(p.get(notebook, {}))}
+    common = NOTEBOOK_COMMON_KEYS.get(notebook, tuple(p["common"]))
+    params = {"profile": profile, **{k: copy.deepcopy(p["common"][k]) for k in common},
+              **copy.deepcopy(p.get(notebook, {}))}
     return params
 
 
-def output_dirs(profile: str) -> dict[str, str]:
-    """Where a profile's results, figures, caches and executed notebooks go (relative to the repository root)."""
+def format_value(value) -> str:
+    """A knob's value as Python source, as a person writes it: radii in grey levels as `8 / 255`, strings in double
+    quotes, lists element by element."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float) and 0 < value < 1 and abs(value * 255 - round(value * 255)) < 1e-9:
+        return f"{round(value * 255)} / 255"
+    return repr(value)
+
+
+def parameters_source(notebook: str, profile: str = DEFAULT_PROFILE) -> str:
+    """The source of notebook `notebook`'s `parameters` cell: `profile`, `progress` and every knob of the notebook
+    with its `profile` value, each under a comment line with its unit and meaning from `KEY_DOCS`."""
+    values = {"profile": profile, "progress": True, **notebook_parameters(profile, notebook)}
+    lines = []
+    for key, value in values.items():
+        lines += [f"# {KEY_DOCS[key]}", f"{key} = {format_value(value)}"]
+    return "\n".join(lines)
+
+
+# The repository (the package is installed editable, so its folder lies inside it). Relative paths in parameters
+# (`data_root`, `checkpoint_root`) and the output folders are resolved against it, never against the current
+# directory, so a command started from another folder reads and writes the same files as the notebooks.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where results/, cache/, runs/ and figures/ go when set (default: the repository), e.g. a scratch copy of the chain.
+OUTPUT_ROOT_ENV = "SSL_ADV_OUTPUT_ROOT"
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """`path` made absolute: a relative path is taken relative to the repository, not the current directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def output_root() -> Path:
+    """The folder holding results/, cache/, runs/ and figures/: $SSL_ADV_OUTPUT_ROOT if set, else the repository."""
+    env = os.environ.get(OUTPUT_ROOT_ENV)
+    return repo_path(env) if env else REPO_ROOT
+
+
+def output_dirs(profile: str, root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Where a profile's results, figures, caches and executed notebooks go: absolute paths under `root` (default
+    `output_root()`)."""
+    base = Path(root) if root is not None else output_root()
     return {
-        "results_dir": f"results/{profile}",
-        "cache_dir": f"cache/{profile}",
-        "figures_dir": "figures" if profile == DEFAULT_PROFILE else f"figures/{profile}",
-        "runs_dir": f"runs/{profile}",
+        "results_dir": base / "results" / profile,
+        "cache_dir": base / "cache" / profile,
+        "figures_dir": base / "figures" if profile == DEFAULT_PROFILE else base / "figures" / profile,
+        "runs_dir": base / "runs" / profile,
     }
 
 
@@ -137,21 +203,26 @@ KEY_DOCS: dict[str, str] = {
     "n_attack": "test points attacked per task (count; a prefix of notebook 02's test points)",
     "eps_linf": "L-inf radii, image units in [0, 1] (8/255 = eight grey levels per pixel)",
     "eps_l2": "L2 radii, image units (Euclidean norm of the whole perturbation)",
-    "linf_attacks": "white-box attacks run in the L-inf ball",
+    "linf_attacks": "attacks run in the L-inf ball (autoattack: APGD-CE, APGD-T, FAB-T, Square in turn)",
     "l2_attacks": "white-box attacks run in the L2 ball",
     "steps": "gradient steps per attack restart",
     "restarts": "random restarts per attack (a point counts as fooled if any restart fools it)",
-    "n_square": "points attacked by the black-box Square check (count)",
-    "square_eps": "L-inf radius of the Square check, image units",
-    "square_queries": "model queries Square may spend per point",
+    "square_queries": "model queries the ensemble's black-box Square may spend per point (AutoAttack: 5000)",
+    "n_targets": "target classes of the ensemble's APGD-T and FAB-T (AutoAttack: 9)",
+    "n_ensemble": "points of each task the full AutoAttack ensemble attacks (count; the first ones)",
+    "convergence_n": "points of each task the convergence check attacks (count)",
+    "convergence_schedule": "[steps, restarts] budgets of the convergence check, increasing",
     "n_show": "adversarial examples drawn per model",
+    "n_teach": "test points of the teaching section (count): the hand-written PGD is checked against the kernel on them",
+    "teach_eps": "L-inf radius of the teaching section and the example figure, image units (8/255 = 8 grey levels)",
+    "teach_steps": "PGD steps of the teaching section and the example figure",
     "n_finetune": "training images per task for (adversarial) fine-tuning (count)",
     "finetune_epochs": "epochs of full fine-tuning",
     "finetune_lr": "peak learning rate of (adversarial) fine-tuning (AdamW, cosine)",
     "adv_epochs": "epochs of adversarial fine-tuning",
     "adv_eps": "L-inf radius of the PGD examples used in adversarial fine-tuning, image units",
     "adv_steps": "PGD steps per batch in adversarial fine-tuning",
-    "ref_eps": "L-inf radius at which regimes and factors are compared, image units",
+    "ref_eps": "L-inf radius at which regimes, factors, the convergence check and examples are shown, image units",
     "ablation_methods": "methods retrained for the four-factor ablation",
     "n_ablation": "pretraining (and probe) images of each ablation run (count)",
     "ablation_epochs": "pretraining epochs of the ablation's base run",

@@ -1,7 +1,9 @@
 """Data: Fashion-MNIST (shipped offline by Debian), scikit-learn digits as a transfer target, and local roots for the
 `paper` profile. Every image tensor is float32 in [0, 1], shape [N, C, H, W]; labels are int64 [N].
 
-Nothing is downloaded at run time except by `prepare_fashion_mnist`, the set-up step behind `make setup`.
+Nothing is downloaded at run time except by `prepare_fashion_mnist`, the set-up step behind `make setup`. The raw
+Fashion-MNIST files are checked by size, idx header and sha256 whenever they are read; `python -m utils.data` repairs
+a damaged copy (moved aside, decompressed again). Relative roots are taken relative to the repository.
 """
 from __future__ import annotations
 
@@ -16,23 +18,66 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.config import repo_path
+from utils.store import quarantine, text_digest
+
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+# What each decompressed file must be: its idx header (magic number: 0x0803 images, 0x0801 labels; then the sizes)
+# and its sha256 (the publisher's files; Debian only recompressed them, so the decompressed bytes are the same).
+RAW_HEADERS = {"train-images-idx3-ubyte": (0x0803, (60000, 28, 28)), "train-labels-idx1-ubyte": (0x0801, (60000,)),
+               "t10k-images-idx3-ubyte": (0x0803, (10000, 28, 28)), "t10k-labels-idx1-ubyte": (0x0801, (10000,))}
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
 
 
 class DataMissingError(FileNotFoundError):
     """A dataset is not where the suite looks for it; the message names the fix."""
 
 
+class DataCorruptError(ValueError):
+    """A data file is damaged (wrong size, header or sha256); the message names the file and the repair."""
+
+
 def _raw_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / "FashionMNIST" / "raw"
+    return repo_path(root) / "FashionMNIST" / "raw"
+
+
+def _raw_problem(name: str, data: bytes) -> str | None:
+    """What is wrong with the bytes of raw file `name` (size, idx header, sha256), or None when they are right."""
+    magic, dims = RAW_HEADERS[name]
+    size = 4 + 4 * len(dims) + int(np.prod(dims))
+    if len(data) != size:
+        return f"{len(data):,} bytes instead of {size:,} (truncated or padded)"
+    head = [int.from_bytes(data[4 * i: 4 * i + 4], "big") for i in range(1 + len(dims))]
+    if head != [magic, *dims]:
+        return f"idx header {head} instead of {[magic, *dims]} (not this Fashion-MNIST file, or zeroed)"
+    if text_digest(data) != RAW_SHA256[name]:
+        return "sha256 differs from the published file's (damaged content)"
+    return None
+
+
+def raw_problems(root: str | os.PathLike) -> dict[str, str]:
+    """{path: what is wrong} for each raw Fashion-MNIST file under `root` that is missing or damaged."""
+    raw = _raw_dir(root)
+    out = {}
+    for name in RAW_FILES:
+        path = raw / name
+        problem = _raw_problem(name, path.read_bytes()) if path.is_file() else "missing"
+        if problem:
+            out[str(path)] = problem
+    return out
 
 
 def fashion_mnist_ready(root: str | os.PathLike) -> bool:
-    raw = _raw_dir(root)
-    return all((raw / f).is_file() and (raw / f).stat().st_size > 0 for f in RAW_FILES)
+    """True when the four raw files under `root` are there and intact (size, idx header, sha256)."""
+    return not raw_problems(root)
 
 
 def _decompress_into(src_dir: Path, raw: Path) -> None:
@@ -54,8 +99,12 @@ def prepare_fashion_mnist(root: str | os.PathLike = "data", *, debian_dir: Path 
     we decompress them ourselves.
     """
     raw = _raw_dir(root)
-    if fashion_mnist_ready(root):
+    problems = raw_problems(root)
+    if not problems:
         return raw
+    for path, problem in problems.items():  # a damaged copy is kept aside, never trusted again
+        if problem != "missing":
+            quarantine(path, f"damaged Fashion-MNIST file: {problem}")
     debian_dir = Path(debian_dir)
     have_debian = all((debian_dir / (f + ".gz")).is_file() for f in RAW_FILES)
     apt_error = ""
@@ -75,8 +124,8 @@ def prepare_fashion_mnist(root: str | os.PathLike = "data", *, debian_dir: Path 
     if allow_download:
         try:
             from torchvision.datasets import FashionMNIST
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
+            FashionMNIST(str(repo_path(root)), train=True, download=True)
+            FashionMNIST(str(repo_path(root)), train=False, download=True)
         except Exception as e:  # no internet, or a mirror down
             download_error = f"{type(e).__name__}: {e}"
         if fashion_mnist_ready(root):
@@ -92,16 +141,24 @@ def prepare_fashion_mnist(root: str | os.PathLike = "data", *, debian_dir: Path 
         + (f"download said: {download_error}\n" if download_error else ""))
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_raw(root: str | os.PathLike, name: str) -> np.ndarray:
+    """The array of raw file `name`, after checking its size, idx header and sha256."""
+    path = _raw_dir(root) / name
     data = path.read_bytes()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    problem = _raw_problem(name, data)
+    if problem:
+        raise DataCorruptError(f"{path} is damaged: {problem}. Repair it with `python -m utils.data --root {root}` "
+                               f"(it moves the damaged copy aside and decompresses the file again).")
+    dims = RAW_HEADERS[name][1]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
 
 def subset_indices(n_total: int, n: int | None, seed: int) -> torch.Tensor:
-    """Deterministic subset: the first `n` of a seeded permutation (so a larger `n` contains a smaller one)."""
-    if n is None or n <= 0 or n >= n_total:
+    """Deterministic subset: the first `n` of a seeded permutation (so a larger `n` contains a smaller one); `None`
+    means all `n_total` points. n <= 0 is an error (it used to mean "all", silently)."""
+    if n is not None and int(n) <= 0:
+        raise ValueError(f"n={n} points asked for: pass a count >= 1, or None for the whole split")
+    if n is None or n >= n_total:
         return torch.arange(n_total)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:n].sort().values
@@ -112,14 +169,14 @@ def load_fashion_mnist(root: str | os.PathLike = "data", split: str = "train", n
     """Fashion-MNIST as (x float32 [N,1,28,28] in [0,1], y int64 [N]); `n` points chosen deterministically by `seed`."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not fashion_mnist_ready(root):
+    prefix = "train" if split == "train" else "t10k"
+    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    if not all((_raw_dir(root) / f).is_file() for f in names):
         raise DataMissingError(
             f"Fashion-MNIST is not prepared under {_raw_dir(root)} (parameter `data_root`={str(root)!r}). "
             f"Run `make setup` (or `python -m utils.data --root {root}`) to install and decompress it.")
-    prefix = "train" if split == "train" else "t10k"
-    raw = _raw_dir(root)
-    x = torch.from_numpy(_read_idx(raw / f"{prefix}-images-idx3-ubyte").copy())
-    y = torch.from_numpy(_read_idx(raw / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+    x = torch.from_numpy(_read_raw(root, names[0]).copy())
+    y = torch.from_numpy(_read_raw(root, names[1]).astype(np.int64))
     idx = subset_indices(len(y), n, seed)
     return x[idx].unsqueeze(1).float().div_(255.0), y[idx]
 
@@ -148,7 +205,8 @@ def load_image_folder(root: str | os.PathLike, size: int = 224, param: str = "da
     """An ImageFolder (ImageNet layout) as a Dataset of ([3,size,size] in [0,1], label); never downloads."""
     from torchvision import datasets, transforms
 
-    if not Path(root).is_dir():
+    root = repo_path(root)
+    if not root.is_dir():
         raise DataMissingError(f"image folder {root} does not exist: set the parameter `{param}` to the folder that "
                                f"holds one sub-folder per class (ImageNet layout).")
     tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
@@ -165,7 +223,7 @@ def load_torchvision_set(name: str, root: str | os.PathLike, split: str = "train
         raise ValueError(f"unknown transfer set {name!r}; choose one of {sorted(classes)} or 'digits'")
     tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
     try:
-        return classes[name](str(root), train=(split == "train"), download=False, transform=tf)
+        return classes[name](str(repo_path(root)), train=(split == "train"), download=False, transform=tf)
     except RuntimeError as e:
         raise DataMissingError(f"{name} not found under {root}: set `data_root` to a folder holding it "
                                f"(torchvision layout); nothing is downloaded at run time. ({e})") from e
@@ -195,7 +253,7 @@ def classification_task(task: str, *, data_root: str = "data", n_train: int | No
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Prepare Fashion-MNIST under <root>/FashionMNIST/raw/")
-    ap.add_argument("--root", default="data")
+    ap.add_argument("--root", default="data", help="data root (a relative path is taken from the repository)")
     args = ap.parse_args(argv)
     try:
         raw = prepare_fashion_mnist(args.root)

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from utils.store import atomic_save, atomic_write_json, read_json
+from utils.store import CorruptFileError, load_tensors, save_tensors
 
 # Fashion-MNIST pixel statistics (train split), used by the small encoders trained here.
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
@@ -143,21 +142,31 @@ class Classifier(nn.Module):
 
 
 def save_classifier(clf: Classifier, path: str | os.PathLike, meta: dict) -> Path:
-    """Classifier weights as safetensors + a JSON sidecar (`meta` must say how to rebuild it: arch, n_classes)."""
-    state = {k: v.contiguous() for k, v in clf.state_dict().items()}
-    path = atomic_save(lambda tmp: save_file(state, tmp), path)
-    atomic_write_json(Path(path).with_suffix(".json"), meta)
-    return path
+    """A classifier as ONE safetensors file: its weights, and in the header `meta` (it must say how to rebuild it:
+    arch, n_classes) and the sha256 of the weights (`utils.store.save_tensors`), so weights and metadata are always
+    of one write."""
+    return save_tensors(path, clf.state_dict(), meta)
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """Rebuild a classifier saved by `save_classifier` (small-ResNet encoders; eval mode, float32)."""
+def read_classifier(path: str | os.PathLike) -> tuple[Classifier, dict]:
+    """(classifier, its meta) from a file written by `save_classifier` (small-ResNet encoders; eval mode, float32).
+    FileNotFoundError when absent; `utils.store.CorruptFileError` naming the file when it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier {path} is missing: run notebook 02 first "
                                 f"(`python -m utils.pipeline --only 02`).")
-    meta = read_json(path.with_suffix(".json"))
+    state, meta = load_tensors(path)
+    if not {"arch", "n_classes"} <= set(meta):
+        raise CorruptFileError(path, f"its metadata lacks arch / n_classes (has {sorted(meta)})")
     encoder = build_encoder(meta["arch"])
     clf = Classifier(encoder, nn.Linear(encoder.feat_dim, meta["n_classes"]))
-    clf.load_state_dict(load_file(str(path)), strict=True)
-    return clf.eval()
+    try:
+        clf.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CorruptFileError(path, f"its weights do not fit a {meta['arch']} classifier ({str(e)[:160]})") from None
+    return clf.eval(), meta
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """The classifier of `read_classifier(path)`."""
+    return read_classifier(path)[0]

@@ -11,6 +11,7 @@ exactly what it computes in one process (its random numbers are seeded by the jo
 from __future__ import annotations
 
 import atexit
+import ctypes
 import multiprocessing as mp
 import os
 import signal
@@ -75,10 +76,22 @@ def local_workers(device: str = "cpu", n_jobs: int | None = None) -> int:
     return max(1, w)
 
 
-def _init_worker(threads: int) -> None:
+# What the parent tells an interrupted notebook (the worker processes print nothing, see `_init_worker`).
+INTERRUPTED = "interrupted; finished work is cached, rerun to resume"
+
+
+def _init_worker(threads: int, parent: int) -> None:
     # Ctrl-C / a kernel shutdown reaches the whole process group: the parent handles it (cancels what has not
     # started); idle workers would only print a KeyboardInterrupt traceback each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # When the parent dies (a kernel shut down or killed after Ctrl-C), Linux kills the worker at once: an orphan
+    # would finish its job for nobody, then print tracebacks about its broken pipes.
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: orphans end when their pipes break
+        pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
     torch.set_num_threads(threads)
 
 
@@ -98,7 +111,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         atexit.register(_shutdown_pool)
     threads = max(1, cores() // workers)
     _POOL = (workers, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                          initargs=(threads,)))
+                                          initargs=(threads, os.getpid())))
     return _POOL[1]
 
 
@@ -114,6 +127,10 @@ def map_jobs(fn: Callable, jobs: list[dict], *, workers: int = 1, desc: str = "j
         for f in tqdm(as_completed(futures), total=len(jobs), desc=f"{desc} ({workers} processes)",
                       disable=not progress):
             out[futures[f]] = f.result()
+    except KeyboardInterrupt:
+        for f in futures:
+            f.cancel()
+        raise KeyboardInterrupt(INTERRUPTED) from None  # jobs that finished wrote their caches
     except BaseException:
         for f in futures:
             f.cancel()

@@ -15,6 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Rectangle
 
 from utils.config import METRIC_MAP, METRIC_MIOU
+from utils.stats import accuracy_interval
 from utils.store import atomic_save
 
 SUPERVISED = "supervised"
@@ -248,22 +249,32 @@ def regimes_gap(df: pd.DataFrame, *, ref_eps: float, title: str | None = None):
 
 def factor_panels(df: pd.DataFrame, *, title: str | None = None):
     """One panel per factor: robust accuracy (solid) and clean accuracy (dotted) against the factor's levels, one colour
-    per method. `df` columns: method, factor, level, clean, robust, eps."""
+    per method, each with its 95 % percentile-bootstrap interval over the n test points (`stats.accuracy_interval`).
+    `df` columns: method, factor, level, clean, robust, eps, n."""
     factors = list(dict.fromkeys(df["factor"]))
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.6 * len(factors), 3.3), squeeze=False, sharey=True)
-    palette = method_palette(list(dict.fromkeys(df["method"])))
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.6 * len(factors), 3.5), squeeze=False, sharey=True)
+    methods = list(dict.fromkeys(df["method"]))
+    palette = method_palette(methods)
+    lows, highs = [], []
     for ax, f in zip(axes[0], factors):
         sub = df[df.factor == f]
         levels = list(dict.fromkeys(sub["level"]))
-        for m, g in sub.groupby("method", sort=False):
+        for k, (m, g) in enumerate(sub.groupby("method", sort=False)):
             g = g.set_index("level").reindex(levels)
-            ax.plot(levels, g["robust"], marker="o", color=palette[m], label=f"{m} robust")
-            ax.plot(levels, g["clean"], marker=".", ls=":", color=palette[m], label=f"{m} clean")
+            xs = np.arange(len(levels)) + 0.08 * (k - (len(methods) - 1) / 2)  # methods side by side
+            for col, marker, ls in (("robust", "o", "-"), ("clean", ".", ":")):
+                ci = np.array([accuracy_interval(a, n) for a, n in zip(g[col], g["n"])])
+                lows.append(np.nanmin(ci[:, 0]))
+                highs.append(np.nanmax(ci[:, 1]))
+                ax.errorbar(xs, g[col], yerr=np.abs(ci.T - g[col].to_numpy()), marker=marker, ls=ls, capsize=2,
+                            color=palette[m], label=f"{m} {col}")
+        ax.set_xticks(range(len(levels)), levels)
         ax.set_title(f, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-        ax.set_ylim(-0.02, 1.02)
+    lo, hi = min(lows), max(highs)  # zoom to the data: a 2-point difference must be readable against its interval
+    axes[0, 0].set_ylim(max(0.0, lo - 0.03), min(1.0, hi + 0.03))
     eps = df["eps"].iloc[0]
-    axes[0, 0].set_ylabel(f"accuracy (robust: PGD L-inf {eps * 255:.0f}/255)")
+    axes[0, 0].set_ylabel(f"accuracy (robust: PGD L-inf {eps * 255:.0f}/255)\nbars: 95 % bootstrap over points")
     axes[0, -1].legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
@@ -327,9 +338,9 @@ def plot_dense_vs_eps(df: pd.DataFrame, title: str | None = None):
     return fig
 
 
-def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool):
+def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool, title: str | None = None):
     """SSL-minus-supervised gap against eps per task (`utils.stats.ssl_gaps`): absolute (metric units) and relative
-    (retained fraction)."""
+    (retained fraction). `title` is appended to the default heading (e.g. the attack's steps and n)."""
     styles = {"classification": ("k", "o"), "detection": ("tab:blue", "s"), "segmentation": ("tab:orange", "^")}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     for task, g in gaps.groupby("task", sort=False):
@@ -346,8 +357,9 @@ def plot_gap_dense_vs_cls(gaps: pd.DataFrame, have_classification: bool):
         ax.set_xlabel("eps (x/255)")
         ax.set_ylabel(yl)
     axes[1].legend(fontsize=8)
-    fig.suptitle("SSL advantage: dense tasks beside classification" if have_classification else
-                 "SSL advantage in the dense tasks only (notebook 03's classification table is missing)")
+    head = ("SSL advantage: dense tasks beside classification" if have_classification else
+            "SSL advantage in the dense tasks only (notebook 03's classification table is missing)")
+    fig.suptitle(head + (f"\n{title}" if title else ""))
     fig.tight_layout()
     return fig
 
@@ -372,16 +384,27 @@ def _show_mask(ax, mask, colors: list, alpha: float) -> None:
     ax.imshow(m.numpy(), cmap=ListedColormap(colors), vmin=0, vmax=k - 1, alpha=alpha, interpolation="nearest")
 
 
-def plot_examples(ex: dict, class_names: list[str], score_min: float = 0.3, title: str | None = None):
-    """`utils.dense.example_predictions` drawn: top row ground-truth boxes, clean and adversarial detections
-    (score >= score_min); bottom row the masks."""
+def kept_detections(d: dict, *, score_min: float, nms_iou: float) -> dict:
+    """Detections {"boxes" [m, 4], "scores" [m], "labels" [m]} after class-wise NMS at IoU `nms_iou`
+    (torchvision.ops.batched_nms) and then a score threshold `score_min`, highest score first."""
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(d["boxes"].float(), d["scores"].float(), d["labels"], nms_iou)
+    keep = keep[d["scores"][keep] >= score_min]
+    return {k: d[k][keep] for k in ("boxes", "scores", "labels")}
+
+
+def plot_examples(ex: dict, class_names: list[str], score_min: float = 0.3, nms_iou: float = 0.3,
+                  title: str | None = None):
+    """`utils.dense.example_predictions` drawn: top row ground-truth boxes, clean and adversarial detections (after
+    class-wise NMS at IoU `nms_iou`, score >= `score_min`, both stated in the title); bottom row the masks."""
     k = len(class_names)
     colors = _class_colors(k)
 
     def boxes(ax, d, scored):
+        if scored:
+            d = kept_detections(d, score_min=score_min, nms_iou=nms_iou)
         for j in range(len(d["boxes"])):
-            if scored and float(d["scores"][j]) < score_min:
-                continue
             x1, y1, x2, y2 = d["boxes"][j].tolist()
             lab = int(d["labels"][j])
             c = colors[lab] if 0 < lab < k else (1, 1, 1, 1)
@@ -410,8 +433,8 @@ def plot_examples(ex: dict, class_names: list[str], score_min: float = 0.3, titl
                      | set(ex["seg_adv"].unique().tolist()))
     handles = [Rectangle((0, 0), 1, 1, color=colors[c]) for c in present if 0 < c < k]
     fig.legend(handles, [class_names[c] for c in present if 0 < c < k], loc="lower center", ncol=6, fontsize=8)
-    if title:
-        fig.suptitle(title)
+    shown = f"detections after NMS (IoU {nms_iou:g}) with score >= {score_min:g}"
+    fig.suptitle(f"{title}\n{shown}" if title else shown)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
@@ -434,5 +457,85 @@ def plot_scenes(scenes, n: int = 6, title: str | None = None):
             _show_mask(axes[1, j], scenes.masks[j], colors, 0.6)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ teaching (notebook 03, part 1)
+
+def _gray(ax, img, title: str, color: str = "black") -> None:
+    """One [1, H, W] or [H, W] image in [0, 1], axes off, with a title."""
+    img = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+    ax.imshow(img[0] if img.ndim == 3 else img, cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9, color=color)
+
+
+def prediction_panel(x, probs, classes: list[str], *, true: int, title: str | None = None):
+    """A test image (x [1, H, W] in [0, 1]) beside the classifier's probability per class (probs [K]); the true
+    class in green, the predicted one (if different) in red."""
+    probs = np.asarray(probs.detach().cpu() if hasattr(probs, "detach") else probs, dtype=float)
+    pred = int(probs.argmax())
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(7.5, 2.8), gridspec_kw={"width_ratios": [1, 2.2]})
+    _gray(a0, x, f"true: {classes[true]}")
+    colors = ["tab:green" if i == true else "tab:red" if i == pred else "0.7" for i in range(len(probs))]
+    a1.barh(range(len(probs)), probs, color=colors)
+    a1.set_yticks(range(len(probs)), classes[:len(probs)], fontsize=8)
+    a1.invert_yaxis()
+    a1.set_xlim(0, 1)
+    a1.set_xlabel("probability")
+    a1.set_title(f"prediction: {classes[pred]} ({probs[pred]:.2f})", fontsize=9,
+                 color="tab:green" if pred == true else "tab:red")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def perturbation_pictures(x, perturbed: dict, *, classes: list[str], true: int, title: str | None = None):
+    """The clean image x [1, H, W], then per entry of `perturbed` ({label: (x_adv [1, H, W], predicted class)}) the
+    perturbation x_adv - x in grey levels (/255, red = brighter, one colour scale for all) and the perturbed image."""
+    deltas = {k: (np.asarray((xa - x).detach().cpu())[0] * 255, p) for k, (xa, p) in perturbed.items()}
+    vmax = max(float(np.abs(d).max()) for d, _ in deltas.values()) or 1.0
+    fig, axes = plt.subplots(1, 1 + 2 * len(perturbed), figsize=(2.1 * (1 + 2 * len(perturbed)), 2.6))
+    _gray(axes[0], x, f"clean: {classes[true]}")
+    for j, (label, (xa, pred)) in enumerate(perturbed.items()):
+        d, _ = deltas[label]
+        ax = axes[1 + 2 * j]
+        im = ax.imshow(d, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{label}\nmax |δ| {np.abs(d).max():.1f}/255, ‖δ‖₂ {np.linalg.norm(d) / 255:.2f}", fontsize=8)
+        _gray(axes[2 + 2 * j], xa, f"predicted: {classes[int(pred)]}",
+              "tab:green" if int(pred) == true else "tab:red")
+    fig.colorbar(im, ax=list(axes), shrink=0.75, label="δ (grey levels /255)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attack_trace(losses, preds, classes: list[str], *, true: int, title: str | None = None):
+    """One point under attack, iterate by iterate (0 = the random start): its cross-entropy loss (left) and the class
+    the model predicts (right; the true class dashed green). losses, preds: [steps + 1]."""
+    losses = np.asarray(losses.detach().cpu() if hasattr(losses, "detach") else losses, dtype=float)
+    preds = np.asarray(preds.cpu() if hasattr(preds, "cpu") else preds, dtype=int)
+    it = np.arange(len(losses))
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(8.5, 2.8))
+    a0.plot(it, losses, marker="o", color="black")
+    a0.set_xlabel("iterate (0 = random start)")
+    a0.set_ylabel("cross-entropy loss")
+    a0.set_title("the loss the attack climbs", fontsize=9)
+    shown = sorted(set(preds.tolist()) | {true})
+    a1.step(it, [shown.index(p) for p in preds], where="mid", color="black")
+    a1.scatter(it, [shown.index(p) for p in preds], c=["tab:green" if p == true else "tab:red" for p in preds],
+               zorder=3)
+    a1.axhline(shown.index(true), color="tab:green", ls="--", lw=1)
+    a1.set_yticks(range(len(shown)), [classes[c] for c in shown], fontsize=8)
+    a1.set_ylim(-0.5, len(shown) - 0.5)
+    a1.set_xlabel("iterate (0 = random start)")
+    a1.set_title("predicted class (green = right)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

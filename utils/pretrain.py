@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,7 +25,8 @@ from utils.data import load_fashion_mnist
 from utils.models import build_encoder
 from utils.runtime import SEED_STREAM_EPOCH, TrainingDivergedError, autocast, derive_seed, lr_factor, use_bf16
 from utils.ssl import get_method
-from utils.store import atomic_save, atomic_write_json, param_hash, provenance, read_json, tensors_digest
+from utils.store import (CorruptFileError, atomic_save, atomic_write_json, file_sha256, load_tensors, param_hash,
+                         provenance, quarantine, read_json_checked, save_tensors, tensors_digest)
 
 # Bump when a change in this module or in utils.ssl changes the weights a given set of parameters trains
 # (invalidates the cache).
@@ -62,21 +62,63 @@ def encoder_paths(cache_dir: str | Path, params: dict) -> dict[str, Path]:
 
 
 def save_encoder(encoder: nn.Module, path: str | Path) -> Path:
-    """An encoder's weights as float32 safetensors on CPU, written atomically."""
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+    """An encoder's weights as float32 safetensors on CPU, written atomically, with their sha256 in the header."""
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
              for k, v in encoder.state_dict().items()}
-    return atomic_save(lambda tmp: save_file(state, tmp), path)
+    return save_tensors(path, state)
 
 
 def load_encoder(arch: str, path: str | Path) -> nn.Module:
-    """A `build_encoder(arch)` encoder with the weights of `path` (written by `save_encoder`): eval mode, float32."""
+    """A `build_encoder(arch)` encoder with the weights of `path` (written by `save_encoder`): eval mode, float32.
+    `utils.store.CorruptFileError` naming the file when it is damaged."""
+    state, _ = load_tensors(path)
     encoder = build_encoder(arch)
-    encoder.load_state_dict(load_file(str(path)))
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise CorruptFileError(path, f"its weights do not fit arch {arch!r} ({str(e)[:160]})") from None
     return encoder.float().eval()
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_save(lambda tmp: torch.save(state, tmp), path)
+
+
+def _load_checkpoint(path: Path, run_hash: str) -> dict | None:
+    """The resumable checkpoint at `path` when it is readable and of this run; a damaged one is moved aside."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not {"epoch", "model", "optimizer", "loss_history"} <= set(ckpt):
+            raise ValueError(f"a {type(ckpt).__name__} without the checkpoint's keys")
+    except Exception as e:  # noqa: BLE001 - truncated zip, empty file, foreign pickle: all mean "start over"
+        quarantine(path, f"unreadable pretraining checkpoint ({type(e).__name__}: {str(e)[:120]})")
+        return None
+    return ckpt if ckpt.get("param_hash") == run_hash else None
+
+
+def _cached_encoder(arch: str, paths: dict, snap: dict[int, Path]) -> tuple[nn.Module, dict] | None:
+    """(encoder, sidecar) of a finished run when its files pass their checks: the sidecar (written last) records the
+    sha256 of the weights and of every snapshot. A damaged or unpaired file is moved aside (None: retrain; training
+    is deterministic, so the weights come back the same)."""
+    try:
+        side = read_json_checked(paths["sidecar"], dict)
+        want = side.get("weights_sha256")
+        if want is None:
+            raise CorruptFileError(paths["sidecar"], "no weights_sha256 (written before digests were kept)")
+        if file_sha256(paths["encoder"]) != want:
+            raise CorruptFileError(paths["encoder"], "sha256 differs from the one its sidecar recorded (damaged, or "
+                                                     "not the file the run wrote)")
+        for e, p in snap.items():
+            if file_sha256(p) != side.get("snapshots_sha256", {}).get(str(e)):
+                quarantine(p, f"snapshot sha256 differs from the one {paths['sidecar'].name} recorded")
+                return None
+        return load_encoder(arch, paths["encoder"]), side
+    except CorruptFileError as e:
+        for p in (paths["encoder"], paths["sidecar"]):
+            quarantine(p, f"{e} (the run's files are kept aside together)")
+        return None
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -98,10 +140,15 @@ def load_epoch_checkpoint(method: str, epoch: int, *, arch: str, n_pretrain: int
                              augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
                              data=data)
     path = Path(str(encoder_paths(cache_dir, params)["snapshot"]).format(epoch=epoch))
+    fix = (f"run pretrain_or_load(..., keep_epochs=[{epoch}]) with the same parameters first (it retrains if "
+           f"needed)")
     if not path.is_file():
-        raise FileNotFoundError(f"no epoch-{epoch} snapshot of {method} at {path}: run pretrain_or_load(..., "
-                                f"keep_epochs=[{epoch}]) with the same parameters first (it retrains if needed).")
-    return load_encoder(arch, path)
+        raise FileNotFoundError(f"no epoch-{epoch} snapshot of {method} at {path}: {fix}.")
+    try:
+        return load_encoder(arch, path)
+    except CorruptFileError as e:
+        quarantine(path, e.reason)
+        raise CorruptFileError(path, f"{e.reason}; moved aside: {fix}") from None
 
 
 def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
@@ -120,7 +167,9 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     `utils.runtime.use_bf16("cpu")`. `hparams` overrides the method's defaults (`METHODS[method].defaults`).
 
     Cache: `<cache_dir>/encoders/<method>-<param_hash>.safetensors` + `.json` sidecar (provenance, parameters, loss
-    per epoch, wall time); reused while every parameter that changes the weights is unchanged (`training_params`).
+    per epoch, wall time, the sha256 of the weights and snapshots; written last); reused while every parameter that
+    changes the weights is unchanged (`training_params`) and the files match the sidecar's sha256. A damaged or
+    unpaired file (or checkpoint) is reported, moved aside (`<name>.corrupt-<time>`) and trained again.
     Resumability: after every epoch a checkpoint (`.ckpt.pt`: model with heads, momentum networks, queue/center,
     optimizer, RNG state, epoch, loss history, wall time) is written atomically; a rerun after a kill resumes after
     the last finished epoch and ends with the weights an uninterrupted run gives (the shuffling and augmentation of
@@ -151,12 +200,15 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
         raise ValueError(f"keep_epochs {bad} outside 1..{epochs}")
     snap = {e: Path(str(paths["snapshot"]).format(epoch=e)) for e in keep}
 
+    hit = None
     if paths["encoder"].is_file() and paths["sidecar"].is_file() and all(p.is_file() for p in snap.values()):
-        side = read_json(paths["sidecar"])
+        hit = _cached_encoder(arch, paths, snap)
+    if hit is not None:
+        encoder, side = hit
         info = {"method": method, "params": params, "param_hash": run_hash, "path": str(paths["encoder"]),
                 "from_cache": True, "loss_history": side["loss_history"], "wall_time_s": side["wall_time_s"],
                 "resumed_from_epoch": None, "epochs_run_now": 0, "sidecar": side}
-        return load_encoder(arch, paths["encoder"]), info
+        return encoder, info
 
     x, y = load_fashion_mnist(data_root, "train", n_pretrain, seed) if data is None else data
     n = len(x)
@@ -168,14 +220,11 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     bf16 = use_bf16("cpu")
     fmt = torch.channels_last if bf16 else torch.contiguous_format
 
-    ckpt = None
-    if paths["checkpoint"].is_file():
-        ckpt = torch.load(paths["checkpoint"], map_location="cpu", weights_only=True)
-        # snapshots are written before their epoch's checkpoint; if a requested one of a finished epoch is missing
-        # (keep_epochs grew since the run started), start over: training is deterministic, the weights are the same
-        if ckpt.get("param_hash") != run_hash or any(
-                e <= int(ckpt["epoch"]) and not p.is_file() for e, p in snap.items()):
-            ckpt = None
+    ckpt = _load_checkpoint(paths["checkpoint"], run_hash)
+    # snapshots are written before their epoch's checkpoint; if a requested one of a finished epoch is missing
+    # (keep_epochs grew since the run started), start over: training is deterministic, the weights are the same
+    if ckpt is not None and any(e <= int(ckpt["epoch"]) and not p.is_file() for e, p in snap.items()):
+        ckpt = None
     with torch.random.fork_rng(devices=[]):  # seeded initialization without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = spec.build(build_encoder(arch), **(hparams or {}))
@@ -236,7 +285,10 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
             on_epoch_end(epoch, losses[-1])
 
     save_encoder(model.encoder, paths["encoder"])
-    side = {**provenance(profile, params, seed), "method": method, "arch": arch, "epochs": epochs,
+    # the sidecar is written last and records the sha256 of the weights and snapshots: a reader pairs them safely
+    side = {**provenance(profile, params, seed), "weights_sha256": file_sha256(paths["encoder"]),
+            "snapshots_sha256": {str(e): file_sha256(p) for e, p in snap.items()}, "method": method, "arch": arch,
+            "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "augmentations": list(augmentations), "n_pretrain": n_pretrain,
             "n_images": n, "steps": total_steps, "bf16": bf16, "wall_time_s": wall, "loss_history": losses,
             "kept_epochs": keep, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -21,17 +21,17 @@ from typing import Iterable
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from utils import attacks
 from utils.config import FINETUNE_REGIMES
-from utils.models import Classifier, load_classifier, save_classifier
+from utils.models import Classifier, load_classifier, read_classifier, save_classifier
 from utils.parallel import local_workers, map_jobs
 from utils.runtime import TrainingDivergedError, autocast, batches, warmup_cosine
-from utils.store import atomic_save, param_hash, points_digest, read_json, weights_digest
+from utils.store import (CorruptFileError, atomic_write_json, file_sha256, load_tensors, param_hash, points_digest,
+                         quarantine, read_json_checked, save_tensors, weights_digest)
 
 
 # ------------------------------------------------------------------------------------------------------ features
@@ -119,16 +119,23 @@ def linear_probe(encoder: nn.Module, x_train, y_train, n_classes: int, *, iters:
                  seed: int = 0, device: str = "cpu", feature_cache: str | os.PathLike | None = None) -> Classifier:
     """Frozen `encoder` + a logistic-regression head fitted on its features -> Classifier ([0,1] images -> logits).
 
-    `feature_cache`: a .safetensors path where the train features are stored and reused (keyed by the caller).
+    `feature_cache`: a .safetensors path where the train features are stored and reused (keyed by the caller); a
+    damaged file, or one holding features of another number of points, is moved aside and computed again.
     """
+    f_train = None
     if feature_cache is not None and Path(feature_cache).is_file():
-        f_train = load_file(str(feature_cache))["features"]
-    else:
+        try:
+            f_train = load_tensors(feature_cache)[0].get("features")
+            if f_train is None or len(f_train) != len(y_train):
+                raise CorruptFileError(feature_cache, f"holds {0 if f_train is None else len(f_train)} features "
+                                                      f"for {len(y_train)} labels")
+        except CorruptFileError as e:
+            quarantine(feature_cache, e.reason)
+            f_train = None
+    if f_train is None:
         f_train = extract_features(encoder, x_train, device=device)
         if feature_cache is not None:
-            atomic_save(lambda tmp: save_file({"features": f_train.contiguous()}, tmp), feature_cache)
-    if len(f_train) != len(y_train):
-        raise ValueError(f"{len(f_train)} cached features for {len(y_train)} labels: delete {feature_cache}")
+            save_tensors(feature_cache, {"features": f_train})
     head = fit_logistic_regression(f_train, y_train, n_classes, iters=iters, wd=wd, seed=seed)
     clf = Classifier(encoder, head).eval()
     for p in clf.encoder.parameters():
@@ -136,35 +143,85 @@ def linear_probe(encoder: nn.Module, x_train, y_train, n_classes: int, *, iters:
     return clf
 
 
-def classifier_path(cache_dir: str | os.PathLike, method: str, task: str, regime: str = "linear") -> Path:
-    """Where the classifier of one method, task and regime is cached."""
-    return Path(cache_dir) / "classifiers" / f"{method}-{task}-{regime}.safetensors"
+# What notebook 02 fitted, recorded after its last classifier is written: {"method/task": file, sha256, key_hash}.
+LINEAR_MANIFEST = "linear_manifest.json"
+
+
+def classifier_path(cache_dir: str | os.PathLike, method: str, task: str, regime: str, key: dict) -> Path:
+    """Where the classifier of one method, task and regime made with the parameters `key` is cached (the key's hash
+    is in the name: classifiers of other parameters never overwrite it)."""
+    return Path(cache_dir) / "classifiers" / f"{method}-{task}-{regime}-{param_hash(key)}.safetensors"
 
 
 def _cached_classifier(path: Path, key: dict) -> tuple[Classifier, dict] | None:
-    """The classifier at `path` with its sidecar, when the sidecar's key hash matches `key`; else None."""
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        meta = read_json(meta_path)
-        if meta.get("key_hash") == param_hash(key):
-            return load_classifier(path), meta
-    return None
+    """The classifier at `path` with its metadata, when the file is intact and made with `key`; else None (a
+    damaged file is moved aside)."""
+    if not path.is_file():
+        return None
+    try:
+        clf, meta = read_classifier(path)
+        if meta.get("key_hash") != param_hash(key):
+            raise CorruptFileError(path, "it was made with other parameters than its name says")
+    except CorruptFileError as e:
+        quarantine(path, e.reason)
+        return None
+    return clf, meta
+
+
+def _linear_manifest(cache_dir: str | os.PathLike) -> tuple[Path, dict]:
+    path = Path(cache_dir) / "classifiers" / LINEAR_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no linear classifiers are recorded in {path}: run notebook 02 first "
+                                f"(`python -m utils.pipeline --only 02`).")
+    try:
+        return path, read_json_checked(path, dict)["classifiers"]
+    except (CorruptFileError, KeyError) as e:
+        raise CorruptFileError(path, f"{getattr(e, 'reason', e)}: rerun notebook 02 "
+                                     f"(`python -m utils.pipeline --only 02 --force`)") from None
+
+
+def linear_classifier_paths(cache_dir: str | os.PathLike, methods, tasks) -> dict[tuple[str, str], Path]:
+    """{(method, task): file} of the linear classifiers notebook 02 fitted last in `cache_dir` (its manifest), each
+    checked against the sha256 recorded there. An error names the file or (method, task) and the fix."""
+    manifest_path, entries = _linear_manifest(cache_dir)
+    out = {}
+    for m in methods:
+        for t in tasks:
+            entry = entries.get(f"{m}/{t}")
+            if entry is None:
+                raise LookupError(f"notebook 02 fitted no classifier for method {m!r} on task {t!r} (it fitted "
+                               f"{sorted(entries)}; {manifest_path}): add them to 02's parameters and rerun 02")
+            path = manifest_path.parent / entry["file"]
+            if not path.is_file() or file_sha256(path) != entry["sha256"]:
+                what = "is missing" if not path.is_file() else "differs from the sha256 notebook 02 recorded"
+                quarantine(path, f"classifier {what}")
+                raise CorruptFileError(path, f"{what}: rerun notebook 02 (`python -m utils.pipeline --only 02 "
+                                             f"--force`), it fits the classifier again")
+            out[(m, t)] = path
+    return out
+
+
+def linear_classifiers(cache_dir: str | os.PathLike, methods, tasks) -> dict[tuple[str, str], Classifier]:
+    """{(method, task): classifier} of notebook 02 (see `linear_classifier_paths`), in eval mode."""
+    return {k: load_classifier(p) for k, p in linear_classifier_paths(cache_dir, methods, tasks).items()}
 
 
 def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.PathLike, iters: int = 100,
                     seed: int = 0, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
     """Linear evaluation of every encoder on every task; returns a tidy DataFrame (one row per model x task).
 
-    Each classifier is saved as `<cache_dir>/classifiers/<method>-<task>.safetensors` (+ JSON with its parameters);
-    a classifier whose sidecar matches the current parameters is reused, so a rerun after an interruption continues.
+    Each classifier is saved as one file `<cache_dir>/classifiers/<method>-<task>-linear-<key hash>.safetensors`
+    (weights, metadata and their sha256); an intact one of the current parameters is reused, so a rerun after an
+    interruption continues. Last, `classifiers/linear_manifest.json` records the files fitted here (with their
+    sha256): what notebooks 03 and 04 read (`linear_classifiers`).
     """
-    rows = []
+    rows, fitted = [], {}
     jobs = [(m, t) for m in encoders for t in tasks]
     for method, task in tqdm(jobs, desc="linear probes", disable=not progress):
         encoder, _ = encoders[method]
         key = {"method": method, "task": task["task"], "encoder": weights_digest(encoder),
                "n_train": len(task["y_train"]), "iters": iters, "seed": seed}
-        path = classifier_path(cache_dir, method, task["task"])
+        path = classifier_path(cache_dir, method, task["task"], "linear", key)
         t0 = time.perf_counter()
         hit = _cached_classifier(path, key)
         if hit is not None:
@@ -176,10 +233,13 @@ def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.Pa
             save_classifier(clf, path, {"arch": getattr(encoder, "arch", None), "n_classes": task["n_classes"],
                                         "method": method, "task": task["task"], "key": key,
                                         "key_hash": param_hash(key)})
+        fitted[f"{method}/{task['task']}"] = {"file": path.name, "sha256": file_sha256(path),
+                                               "key_hash": param_hash(key)}
         acc = accuracy(clf, task["x_test"], task["y_test"], device=device)
         rows.append({"model": method, "regime": "linear", "task": task["task"], "accuracy": acc,
                      "n": len(task["y_test"]), "n_train": len(task["y_train"]),
                      "seconds": round(time.perf_counter() - t0, 2)})
+    atomic_write_json(Path(cache_dir) / "classifiers" / LINEAR_MANIFEST, {"classifiers": fitted})
     return pd.DataFrame(rows)
 
 
@@ -254,7 +314,7 @@ def adapted_classifier(linear_path: str | os.PathLike, x, y, *, regime: str, cac
            "lr": lr, "batch_size": batch_size, "seed": seed, "freeze_bn": True}
     if regime == "adv-finetuned":
         key.update(adv_eps=adv_eps, adv_steps=adv_steps)
-    path = classifier_path(cache_dir, method, task, regime)
+    path = classifier_path(cache_dir, method, task, regime, key)
     hit = _cached_classifier(path, key)
     if hit is not None:
         return hit[0], {**hit[1], "from_cache": True}
@@ -278,9 +338,10 @@ def adapt_all(methods: list[str], train: dict[str, tuple], *, cache_dir: str | o
 
     Returns (classifiers {(method, task, regime)}, a table with seconds, cache use and final loss per job)."""
     classifiers, jobs = {}, []
+    linear_paths = linear_classifier_paths(cache_dir, methods, list(train))
     for m in methods:
         for t, (x, y) in train.items():
-            linear_path = classifier_path(cache_dir, m, t)
+            linear_path = linear_paths[(m, t)]
             classifiers[(m, t, "linear")] = load_classifier(linear_path)
             for regime, n_epochs in epochs.items():
                 jobs.append(dict(linear_path=linear_path, x=x, y=y, regime=regime, cache_dir=cache_dir, method=m,

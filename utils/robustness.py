@@ -1,5 +1,6 @@
 """Robustness studies of classifiers: eps sweeps (cached, sharded across torchrun ranks), the attack grid of
-notebooks 03-04, transfer attacks and the black-box Square check. Also a command:
+notebooks 03-04 with the AutoAttack-style ensemble and the per-point worst case over every attack, the convergence
+check, and transfer attacks. Also a command:
 
     # one process (what the notebooks call):
     python -m utils.robustness --profile cpu --notebook 03
@@ -30,19 +31,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torchattacks
 from torch import nn
 
 from utils import attacks, data
 from utils.config import PROFILES, SUPERVISED, notebook_parameters, output_dirs
-from utils.models import load_classifier
 from utils.parallel import close_distributed, init_distributed, run_cached, world
-from utils.probe import accuracy, classifier_path
+from utils.probe import accuracy, linear_classifiers
 from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device
 from utils.store import cached_json, points_digest, weights_digest
 
 # Bump when a change of the kernel changes what a cached sweep would hold (invalidates attack caches).
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 
 
 # -------------------------------------------------------------------------------------------------- sharded sweeps
@@ -59,6 +58,8 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     device = model_device(model)
     eps_grid = sorted({float(e) for e in ([eps_list] if isinstance(eps_list, (int, float)) else eps_list)})
     mask = torch.zeros(len(eps_grid), n, dtype=torch.int32)
+    by = torch.zeros(len(eps_grid), n, dtype=torch.int32)  # fooled_by + 3 on the points this rank attacked, else 0
+    members = None
     flags: set[str] = set()
     n_batches = (n + batch_size - 1) // batch_size
     for b in range(rank, n_batches, size):
@@ -68,12 +69,18 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                                       seed=derive_seed(seed, b, SEED_STREAM_BATCH), check_monotonic=False,
                                       **attack_kwargs)
         mask[:, sl] = res.robust_mask.to(torch.int32)
+        by[:, sl] = res.fooled_by.to(torch.int32) + 3
+        members = res.members
         flags.update(res.flags)
     if size > 1:
         # gloo reduces CPU tensors; nccl needs them on the GPU
-        m = mask.to(device) if dist.get_backend() == "nccl" else mask
-        dist.all_reduce(m, op=dist.ReduceOp.SUM)
-        mask = m.cpu()
+        for t in (mask, by):
+            m = t.to(device) if dist.get_backend() == "nccl" else t
+            dist.all_reduce(m, op=dist.ReduceOp.SUM)
+            t.copy_(m.cpu())
+        gathered_members = [None] * size
+        dist.all_gather_object(gathered_members, members)
+        members = next(m for m in gathered_members if m is not None)
         gathered = [None] * size
         dist.all_gather_object(gathered, sorted(flags))
         flags = set().union(*map(set, gathered))
@@ -82,22 +89,28 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     robust = mask.bool()
     accs = {eps: float(robust[j].float().mean()) for j, eps in enumerate(eps_grid)}
     steps_rec, restarts_rec = (1, 1) if attack == "fgsm" else (int(steps), int(restarts))
-    return attacks.RobustAccuracy(accs, flags=sorted(flags) + attacks.monotonicity_flags(accs), n=n, attack=attack,
-                                  norm=norm, steps=steps_rec, restarts=restarts_rec, robust_mask=robust)
+    name = attack if isinstance(attack, str) else "+".join(attack)
+    return attacks.RobustAccuracy(accs, flags=sorted(flags) + attacks.monotonicity_flags(accs), n=n, attack=name,
+                                  norm=norm, steps=steps_rec, restarts=restarts_rec, robust_mask=robust,
+                                  fooled_by=(by - 3).to(torch.int8), members=members)
 
 
-def sweep_cache(clf, x, y, *, model, task, attack, norm, eps_list, steps, restarts, seed, regime, cache_dir):
+def sweep_cache(clf, x, y, *, model, task, attack, norm, eps_list, steps, restarts, seed, regime, cache_dir,
+                ensemble_options=None):
     """(folder, name, key) of one sweep's cache entry (see `attack_sweep`)."""
     key = {"weights": weights_digest(clf), "points": points_digest(x, y), "attack": attack, "norm": norm,
            "eps": list(eps_list), "steps": steps, "restarts": restarts, "seed": seed, "model": model, "task": task,
-           "regime": regime, "kernel": KERNEL_VERSION}
+           "regime": regime, "kernel": KERNEL_VERSION, **({"ensemble": ensemble_options} if ensemble_options else {})}
     return Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key
 
 
 def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, attack: str, norm: str,
                  eps_list: list[float], steps: int, restarts: int = 1, regime: str = "linear", seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 256) -> dict:
-    """Robust accuracy of `clf` over `eps_list` for one attack, as {"rows": tidy rows, "mask": [[0/1]*n]*len(eps)}.
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 256,
+                 ensemble_options: dict | None = None) -> dict:
+    """Robust accuracy of `clf` over `eps_list` for one attack (or ensemble), as {"rows": tidy rows, "mask":
+    [[0/1]*n]*len(eps), "members": the attacks run, "fooled_by": [[member index or -1/-2]*n]*len(eps)}.
+    `ensemble_options`: n_targets, n_queries for the members that take them.
 
     Cached as JSON under `<cache_dir>/attacks/` keyed by the classifier's weights, the points and the attack settings,
     so an interrupted sweep over many models resumes at the first unfinished one.
@@ -105,22 +118,46 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
     def compute():
         # sharded across torch.distributed ranks when launched by torchrun; the same numbers in one process
         res = sharded_robust_accuracy(clf.to(device), x, y, eps_list=eps_list, attack=attack, norm=norm,
-                                      steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
+                                      steps=steps, restarts=restarts, batch_size=batch_size, seed=seed,
+                                      **(ensemble_options or {}))
         rows = res.to_rows(model=model, regime=regime, task=task)
-        return {"rows": rows, "mask": res.robust_mask.to(torch.uint8).tolist()}
+        if "square" in res.members and len(res.members) > 1:
+            _flag_blackbox(rows, res)
+        return {"rows": rows, "mask": res.robust_mask.to(torch.uint8).tolist(), "members": res.members,
+                "fooled_by": res.fooled_by.tolist()}
 
     if cache_dir is None:
         return compute()
-    return cached_json(*sweep_cache(clf, x, y, model=model, task=task, attack=attack, norm=norm, eps_list=eps_list,
-                                    steps=steps, restarts=restarts, seed=seed, regime=regime, cache_dir=cache_dir),
-                       compute)
+    folder, name, key = sweep_cache(clf, x, y, model=model, task=task, attack=attack, norm=norm, eps_list=eps_list,
+                                    steps=steps, restarts=restarts, seed=seed, regime=regime, cache_dir=cache_dir,
+                                    ensemble_options=ensemble_options)
+    return cached_json(folder, name, key, compute)
+
+
+BLACKBOX_TOLERANCE = 0.01  # fraction of points Square may fool beyond every white-box attack before a flag
+
+
+def _flag_blackbox(rows: list[dict], res: attacks.RobustAccuracy) -> None:
+    """AutoAttack's gradient-masking check on an ensemble's rows: the fraction of points that only the black-box
+    Square fooled (every white-box member before it missed them) goes into `square_only`; above
+    BLACKBOX_TOLERANCE the row is flagged BLACKBOX_BEATS_WHITEBOX."""
+    k = res.members.index("square")
+    for j, row in enumerate(rows):
+        frac = float((res.fooled_by[j] == k).float().mean())
+        row["square_only"] = frac
+        if frac > BLACKBOX_TOLERANCE:
+            note = attacks.flag(attacks.BLACKBOX_BEATS_WHITEBOX, f"Square alone fooled {100 * frac:.1f} % of the "
+                                                                 f"points every white-box attack missed")
+            row["flags"] = ";".join(f for f in (row["flags"], note) if f)
 
 
 def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], settings: list[dict],
                     *, steps: int, restarts: int, seed: int = 0, regime: str = "linear",
                     cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False):
     """Every classifier x every attack setting. `classifiers[(model, task)]`, `points[task] = (x, y)`,
-    `settings = [{"attack": "pgd", "norm": "linf", "eps_list": [...]}, ...]` (FGSM always runs 1 step, 1 restart).
+    `settings = [{"attack": "pgd", "norm": "linf", "eps_list": [...]}, ...]` (FGSM always runs 1 step, 1 restart;
+    an ensemble setting may carry "options": {"n_targets": 9, "n_queries": 5000}; a setting with "n" attacks only
+    the first n points of each task).
 
     Returns (tidy DataFrame, masks) with `masks[(model, task, attack, norm)]` a 0/1 tensor [len(eps), n].
     """
@@ -129,9 +166,12 @@ def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[
         x, y = points[task]
         for s in settings:
             one_step = s["attack"] == "fgsm"
-            job = dict(clf=classifiers[(model, task)], x=x, y=y, model=model, task=task, attack=s["attack"],
+            n = s.get("n") or len(y)  # a costly setting (the full ensemble on a CPU) may cover a prefix only
+            job = dict(clf=classifiers[(model, task)], x=x[:n], y=y[:n], model=model, task=task, attack=s["attack"],
                        norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
                        restarts=1 if one_step else restarts, regime=regime, seed=seed)
+            if s["attack"] in attacks.ENSEMBLES:
+                job["ensemble_options"] = dict(s.get("options", {}))
             folder, name, key = sweep_cache(**job, cache_dir=cache_dir) if cache_dir is not None else (None,) * 3
             jobs.append(job)
             entries.append((folder, name, key, dict(job, device=device)))
@@ -159,10 +199,90 @@ def attack_inputs(params: dict, cache_dir: str | os.PathLike, tasks: list[str] |
     tasks = tasks or [params.get("task", "fashion_mnist"), params["transfer_task"]]
     points = {t: data.load_classification(t, "test", data_root=params["data_root"], n=params["n_attack"],
                                           seed=params["seed"]) for t in tasks}
-    classifiers = {(m, t): load_classifier(classifier_path(cache_dir, m, t)) for m in params["methods"] for t in tasks}
-    settings = [{"attack": a, "norm": "linf", "eps_list": params["eps_linf"]} for a in params["linf_attacks"]] + \
-               [{"attack": a, "norm": "l2", "eps_list": params["eps_l2"]} for a in params["l2_attacks"]]
+    classifiers = linear_classifiers(cache_dir, params["methods"], tasks)  # what notebook 02 fitted, checked
+    options = {"n_targets": params["n_targets"], "n_queries": params["square_queries"]}
+    settings = [{"attack": a, "norm": "linf", "eps_list": params["eps_linf"], "options": options,
+                 "n": params["n_ensemble"] if a in attacks.ENSEMBLES else None}
+                for a in params["linf_attacks"]] + \
+               [{"attack": a, "norm": "l2", "eps_list": params["eps_l2"], "options": options}
+                for a in params["l2_attacks"]]
     return classifiers, points, settings
+
+
+WORST_CASE = "worst-case"
+
+
+def worst_case(table: pd.DataFrame, masks: dict, eps_lists: dict[str, list[float]]):
+    """The per-point worst case over every attack run on each (model, task, norm): a point is robust at eps only if
+    no attack run on it fooled it there (an attack that covered only the first k points counts on those). Returns (tidy rows with attack WORST_CASE, steps and restarts the largest of the
+    attacks combined, flags their union; masks {(model, task, WORST_CASE, norm): 0/1 [len(eps), n]})."""
+    rows, out = [], {}
+    groups: dict[tuple, list] = {}
+    for (model, task, attack, norm), m in masks.items():
+        if attack != WORST_CASE:
+            groups.setdefault((model, task, norm), []).append((attack, m))
+    for (model, task, norm), members in groups.items():
+        n = max(m.shape[1] for _, m in members)
+        # an attack run on a prefix of the points only (the CPU profile's ensemble) counts on that prefix
+        mask = torch.ones(members[0][1].shape[0], n, dtype=torch.bool)
+        for _, m in members:
+            mask[:, :m.shape[1]] &= m.bool()
+        mask = mask.to(torch.uint8)
+        out[(model, task, WORST_CASE, norm)] = mask
+        names = [a for a, _ in members]
+        sub = table[(table.model == model) & (table.task == task) & (table.norm == norm) & table.attack.isin(names)]
+        flags = sorted({f for fs in sub["flags"].fillna("") for f in str(fs).split(";") if f})
+        for j, eps in enumerate(sorted({float(e) for e in eps_lists[norm]})):
+            rows.append({"model": model, "regime": sub.regime.iloc[0] if len(sub) else "linear", "task": task,
+                         "attack": WORST_CASE, "norm": norm, "eps": eps, "steps": int(sub.steps.max()),
+                         "restarts": int(sub.restarts.max()), "accuracy": float(mask[j].float().mean()),
+                         "n": mask.shape[1], "flags": ";".join(flags), "attacks": "+".join(names)})
+    return pd.DataFrame(rows), out
+
+
+def convergence_run(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, eps: float,
+                    schedule: list[tuple[int, int]], reference: float, attack: str = "apgd-ce", seed: int = 0,
+                    tolerance: float = 0.01, device: str = "cpu") -> list[dict]:
+    """Robust accuracy of `attack` at `eps` for each (steps, restarts) of `schedule` (increasing budgets). Robustness
+    that keeps falling as steps and restarts grow was never real: every row gets the NOT_CONVERGED flag when the
+    strongest budget lands more than `tolerance` below `reference` (the worst case the headline rests on, on the
+    same points) or below the first budget."""
+    clf.to(device)
+    rows = []
+    for steps, restarts in schedule:
+        res = attacks.robust_accuracy(clf, x, y, eps_list=[eps], attack=attack, steps=steps, restarts=restarts,
+                                      seed=seed)
+        rows.append({"model": model, "regime": "linear", "task": task, "attack": f"{attack} (convergence)",
+                     "norm": "linf", "eps": eps, "steps": steps, "restarts": restarts, "accuracy": res[eps],
+                     "n": res.n, "flags": ";".join(res.flags), "reference": reference})
+    strongest = rows[-1]["accuracy"]
+    drop = max(reference, rows[0]["accuracy"]) - strongest
+    if drop > tolerance:
+        note = attacks.flag(attacks.NOT_CONVERGED, f"{100 * drop:.1f} points lower with {schedule[-1][0]} steps x "
+                                                   f"{schedule[-1][1]} restarts")
+        for r in rows:
+            r["flags"] = ";".join(f for f in (r["flags"], note) if f)
+    return rows
+
+
+def run_convergence(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], *, eps: float,
+                    schedule: list[tuple[int, int]], reference: dict[tuple[str, str], float], n: int,
+                    attack: str = "apgd-ce", seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                    device: str = "cpu", progress: bool = False) -> list[dict]:
+    """`convergence_run` for every classifier on the first `n` points of its task (one job each, in worker
+    processes on a CPU), cached under `<cache_dir>/convergence/`. `reference[(model, task)]`: the worst-case robust
+    accuracy at `eps` on the same points."""
+    entries = []
+    for (m, t), clf in classifiers.items():
+        x, y = points[t][0][:n], points[t][1][:n]
+        key = {"weights": weights_digest(clf), "points": points_digest(x, y), "eps": eps,
+               "schedule": [list(s) for s in schedule], "attack": attack, "seed": seed,
+               "reference": reference[(m, t)], "kernel": KERNEL_VERSION}
+        entries.append((None if cache_dir is None else Path(cache_dir) / "convergence", f"{m}-{t}", key,
+                        dict(clf=clf, x=x, y=y, model=m, task=t, eps=eps, schedule=schedule,
+                             reference=reference[(m, t)], attack=attack, seed=seed, device=device)))
+    out = run_cached(convergence_run, entries, desc="convergence", device=device, progress=progress)
+    return [r for rows in out for r in rows]
 
 
 # -------------------------------------------------------------------------------------- transfer and black box
@@ -170,20 +290,31 @@ def attack_inputs(params: dict, cache_dir: str | os.PathLike, tasks: list[str] |
 def transfer_sweep(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                    source_name: str, task: str, eps_list: list[float], steps: int, seed: int = 0,
                    regime: str = "linear", device: str = "cpu") -> list[dict]:
-    """Transfer attack: L-inf PGD adversarials crafted on `source`, scored (float32 verdict) on each target.
+    """Transfer attack: L-inf PGD crafted on `source` (its last iterate: the first point that fools the source is
+    barely across its boundary and transfers worse), scored (float32 verdict) on each target.
 
-    A target point counts as robust when the target classifies the transferred adversarial correctly.
+    A target point counts as robust when the target classifies it correctly both clean and after the transfer
+    (a point the target gets wrong clean is not robust, as with every other attack here).
     """
     rows = []
+    clean_right = {name: _correct(target, x, y, device) for name, target in targets.items()}
     for eps in eps_list:
-        torch.manual_seed(seed)
-        x_adv = x if eps == 0 else attacks.pgd(source, x, y, eps=eps, norm="linf", steps=steps)
+        x_adv = x if eps == 0 else attacks.pgd(source, x, y, eps=eps, norm="linf", steps=steps, keep="last",
+                                               seed=seed)
         for name, target in targets.items():
-            acc = accuracy(target, x_adv, y, device=device)
+            acc = float((clean_right[name] & _correct(target, x_adv, y, device)).float().mean())
             rows.append({"model": name, "regime": regime, "task": task, "attack": f"transfer-pgd<{source_name}",
                          "norm": "linf", "eps": eps, "steps": steps, "restarts": 1, "accuracy": acc, "n": len(y),
                          "flags": ""})
     return rows
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, batch_size: int = 512) -> torch.Tensor:
+    """bool [N]: the float32 model classifies each point right (eval mode)."""
+    model.eval().to(device)
+    return torch.cat([model(x[i:i + batch_size].to(device)).float().argmax(1).cpu() == y[i:i + batch_size]
+                      for i in range(0, len(x), batch_size)])
 
 
 def run_transfer(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, task: str,
@@ -199,45 +330,13 @@ def run_transfer(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Te
     for source, targets in plan:
         key = {"source": weights_digest(classifiers[source]),
                "targets": {t: weights_digest(c) for t, c in targets.items()}, "points": points_digest(x, y),
-               "eps": list(eps_list), "steps": steps, "seed": seed, "task": task, "kernel": KERNEL_VERSION}
+               "eps": list(eps_list), "steps": steps, "seed": seed, "task": task, "kernel": KERNEL_VERSION,
+               "keep": "last", "clean_right": True}
         entries.append((None if cache_dir is None else Path(cache_dir) / "transfer", f"{source}-{task}", key,
                         dict(source=classifiers[source], targets=targets, x=x, y=y, source_name=source, task=task,
                              eps_list=eps_list, steps=steps, seed=seed, device=device)))
     out = run_cached(transfer_sweep, entries, desc="transfer", device=device, progress=progress)
     return [r for rows in out for r in rows]
-
-
-def square_check(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, eps: float,
-                 n_queries: int, whitebox_accuracy: float, seed: int = 0, tolerance: float = 0.01) -> dict:
-    """Black-box Square attack (torchattacks, L-inf, margin loss, 1 restart) as a gradient-masking check.
-
-    Returns one tidy row; its flags hold BLACKBOX_BEATS_WHITEBOX when Square's robust accuracy is lower than the
-    white-box attack's on the same points by more than `tolerance` (a sign that gradients are masked).
-    """
-    clf.eval()
-    atk = torchattacks.Square(clf, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1, loss="margin", seed=seed)
-    x_adv = atk(x, y)
-    with torch.no_grad():
-        robust = (clf(x_adv.float()).float().argmax(1) == y) & (clf(x).float().argmax(1) == y)
-    acc = robust.float().mean().item()
-    flags = attacks.BLACKBOX_BEATS_WHITEBOX if acc < whitebox_accuracy - tolerance else ""
-    return {"model": model, "regime": "linear", "task": task, "attack": "square", "norm": "linf", "eps": eps,
-            "steps": n_queries, "restarts": 1, "accuracy": acc, "n": len(y), "flags": flags}
-
-
-def run_square(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, task: str, eps: float,
-               n_queries: int, whitebox_accuracy: dict[str, float], seed: int = 0,
-               cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False) -> list[dict]:
-    """`square_check` for every classifier (one job each, in worker processes on a CPU), cached under
-    `<cache_dir>/square/`. `whitebox_accuracy[model]`: the white-box robust accuracy on the same points and eps."""
-    entries = []
-    for m, clf in classifiers.items():
-        key = {"weights": weights_digest(clf), "points": points_digest(x, y), "eps": eps, "queries": n_queries,
-               "seed": seed, "task": task, "whitebox": whitebox_accuracy[m]}
-        entries.append((None if cache_dir is None else Path(cache_dir) / "square", f"{m}-{task}", key,
-                        dict(clf=clf, x=x, y=y, model=m, task=task, eps=eps, n_queries=n_queries,
-                             whitebox_accuracy=whitebox_accuracy[m], seed=seed)))
-    return run_cached(square_check, entries, desc="square", device=device, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------------- command

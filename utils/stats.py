@@ -55,14 +55,45 @@ def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: s
     zero; the finding holds when such cells above outnumber those below and the mean gap is positive."""
     lines = []
     g = gaps[(gaps.norm == norm) & (gaps.eps > 0)]
-    for task, sub in g.groupby("task", sort=False):
+    for (task, attack), sub in g.groupby(["task", "attack"], sort=False):
         above, below, total = int((sub.lo > 0).sum()), int((sub.hi < 0).sum()), len(sub)
         mean_gap = 100 * sub.gap.mean()
         verdict = ("holds" if above > below and mean_gap > 0 else
                    "does NOT hold" if below >= above else "is mixed")
-        lines.append(f"{task}: mean SSL-minus-{supervised} gap {mean_gap:+.1f} points over {sub.eps.nunique()} eps x "
+        lines.append(f"{task} ({attack}): mean SSL-minus-{supervised} gap {mean_gap:+.1f} points over "
+                     f"{sub.eps.nunique()} eps x "
                      f"{sub.model.nunique()} methods; significantly above zero in {above}/{total} cells, below in "
                      f"{below}/{total}. The finding {verdict} in this setting.")
+    return "\n".join(lines)
+
+
+def convergence_summary(conv: pd.DataFrame, flag_name: str = "not_converged") -> str:
+    """What the convergence check found, from its rows (one per classifier and budget, with `reference` = the worst
+    case the headline rests on): the largest drop from the first budget to the strongest, and which classifiers
+    were flagged as not converged."""
+    if conv.empty:
+        return "No convergence check was run."
+    lines = []
+    eps = float(conv.eps.iloc[0])
+    budgets = conv[["steps", "restarts"]].drop_duplicates().values.tolist()
+    first, last = budgets[0], budgets[-1]
+    drops = []
+    for (model, task), g in conv.groupby(["model", "task"], sort=False):
+        a0 = float(g[(g.steps == first[0]) & (g.restarts == first[1])].accuracy.iloc[0])
+        a1 = float(g[(g.steps == last[0]) & (g.restarts == last[1])].accuracy.iloc[0])
+        ref = float(g.reference.iloc[0])
+        flagged = g["flags"].fillna("").str.contains(flag_name).any()
+        drops.append((a0 - a1, ref - a1, model, task, flagged))
+    worst_step = max(drops)
+    worst_ref = max(drops, key=lambda d: d[1])
+    flagged = [f"{m}/{t}" for _, _, m, t, f in drops if f]
+    lines.append(f"Convergence at eps={eps * 255:g}/255 on n={int(conv.n.iloc[0])} points, APGD-CE from "
+                 f"{first[0]} steps x {first[1]} restart(s) to {last[0]} x {last[1]}: accuracy fell by at most "
+                 f"{100 * worst_step[0]:.1f} points ({worst_step[2]}/{worst_step[3]}); the strongest budget lies at "
+                 f"most {100 * max(worst_ref[1], 0):.1f} points below the worst case over all attacks "
+                 f"({worst_ref[2]}/{worst_ref[3]}).")
+    lines.append(f"not converged (more than 1 point lower): {', '.join(flagged) if flagged else 'none'} of "
+                 f"{len(drops)} classifiers.")
     return "\n".join(lines)
 
 
@@ -199,4 +230,46 @@ def gap_verdict(gaps: pd.DataFrame) -> str:
             d = summ.loc[t, "mean_rel_gap"]
             word = "shrinks" if d < cls else "does not shrink"
             lines.append(f"In {t} the SSL advantage {word} ({d:+.3f} vs {cls:+.3f} in classification).")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ accuracy intervals, 01 and 02
+
+def accuracy_interval(accuracy: float, n: int, *, level: float = 0.95, n_boot: int = 4000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy measured on `n` points: resampling the n right/wrong outcomes
+    with replacement draws the number right from Binomial(n, accuracy), so the table's (accuracy, n) suffice."""
+    n = int(n)
+    if n <= 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).binomial(n, min(max(float(accuracy), 0.0), 1.0), size=n_boot) / n
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def quick_probe_verdict(table: pd.DataFrame, *, margin: float = 0.03, supervised: str = SUPERVISED) -> str:
+    """Notebook 01's sanity check, from its encoders table (method, probe_accuracy, random_init_accuracy): does every
+    SSL encoder beat a randomly initialized encoder of the same architecture by at least `margin`?"""
+    rnd = float(table["random_init_accuracy"].iloc[0])
+    acc = table.dropna(subset=["probe_accuracy"]).set_index("method")["probe_accuracy"]
+    ssl = acc.drop([m for m in (supervised, "random init") if m in acc.index])
+    beat = ssl[ssl >= rnd + margin]
+    missed = sorted(set(ssl.index) - set(beat.index))
+    return (f"random-init encoder: {rnd:.3f}; supervised: {acc.get(supervised, float('nan')):.3f}; SSL "
+            f"{ssl.min():.3f}-{ssl.max():.3f}.\n{len(beat)} of {len(ssl)} SSL encoders beat the random-init encoder "
+            f"by at least {100 * margin:.0f} points" + (f"; not: {', '.join(missed)}." if missed else "."))
+
+
+def clean_accuracy_verdict(table: pd.DataFrame, *, supervised: str = SUPERVISED) -> str:
+    """Notebook 02's result, one sentence per task from its linear-evaluation table (model, task, accuracy, n):
+    supervised against the SSL encoders on clean test images, with the 95 % interval of the supervised accuracy."""
+    lines = []
+    for task, g in table.groupby("task", sort=False):
+        acc = g.set_index("model")["accuracy"]
+        n = int(g["n"].iloc[0]) if "n" in g else 0
+        ssl, sup = acc.drop(supervised), float(acc[supervised])
+        lo, hi = accuracy_interval(sup, n)
+        lines.append(f"{task} (n={n}): supervised {sup:.3f} [95 % {lo:.3f}-{hi:.3f}]; SSL mean {ssl.mean():.3f} "
+                     f"(best {ssl.idxmax()} {ssl.max():.3f}, worst {ssl.idxmin()} {ssl.min():.3f}); "
+                     f"{int((ssl > sup).sum())} of {len(ssl)} SSL encoders beat supervised on clean accuracy.")
     return "\n".join(lines)

@@ -3,6 +3,11 @@
 Base layer: imports nothing from `utils`; the only module that hashes (parameters, weights, points, files, sources).
 Every expensive step is keyed by the hash of the parameters it depends on; its output is written to a temporary file
 and renamed into place, so a killed process never leaves a half-written result and a rerun picks up what finished.
+
+Integrity: every cache entry carries the sha256 of what it holds (a JSON entry of its result, a safetensors file of
+its tensors, in its own header). An entry that cannot be read, holds the wrong type or fails its digest is reported
+with its path, moved aside to `<name>.corrupt-<time>` (kept, never deleted) and recomputed (`quarantine`).
+Files are created with the user's umask (not the 0600 of a temporary file).
 """
 from __future__ import annotations
 
@@ -12,11 +17,15 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 # Columns of the tidy robustness table: one row per model x task x attack x eps.
 TIDY_COLUMNS = ["model", "regime", "task", "attack", "norm", "eps", "steps", "restarts", "accuracy", "n", "flags"]
@@ -60,13 +69,18 @@ def tensors_digest(*tensors) -> str:
     return _sha256_of_tensors(*tensors).hexdigest()[:16]
 
 
-def weights_digest(module) -> str:
-    """sha256 (16 hex) over a module's state dict: identifies the exact weights a downstream result depends on."""
+def state_digest(state: dict) -> str:
+    """Hex sha256 over a state dict {name: tensor}: names and raw bytes, in name order."""
     h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
+    for k, v in sorted(state.items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def weights_digest(module) -> str:
+    """sha256 (16 hex) over a module's state dict: identifies the exact weights a downstream result depends on."""
+    return state_digest(module.state_dict())[:16]
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -101,14 +115,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(save_fn: Callable[[str], None], path: str | os.PathLike) -> Path:
-    """Run `save_fn(tmp_path)` (e.g. safetensors' save_file, fig.savefig) then rename onto `path`."""
+    """Run `save_fn(tmp_path)` (e.g. safetensors' save_file, fig.savefig) then rename onto `path`; the file gets
+    the permissions of any new file (0666 minus the umask), not the 0600 of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         save_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -119,6 +148,85 @@ def atomic_save(save_fn: Callable[[str], None], path: str | os.PathLike) -> Path
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------------------------------------------- integrity
+
+class CorruptCacheWarning(UserWarning):
+    """A stored result failed its check; it was moved aside (kept) and is recomputed."""
+
+
+class CorruptFileError(ValueError):
+    """A stored file is unreadable, of the wrong kind or fails its digest; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def quarantine(path: str | os.PathLike, reason: str) -> Path | None:
+    """Move a damaged file aside to `<name>.corrupt-<time>` (kept for inspection, never deleted) and warn, naming
+    both; returns where it went (None when there was no file). The caller then recomputes what it held."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+    while dest.exists():
+        dest, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:  # another process moved it aside first
+        return None
+    warnings.warn(f"{path}: {reason}; moved aside to {dest.name}, recomputing it", CorruptCacheWarning, stacklevel=2)
+    return dest
+
+
+def read_json_checked(path: str | os.PathLike, kind: type = dict) -> Any:
+    """The JSON value of `path`, which must be a `kind`; CorruptFileError naming the path when it is not valid
+    UTF-8 JSON or holds another type (a damaged or foreign file)."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptFileError(path, f"not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(value, kind):
+        raise CorruptFileError(path, f"holds a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+_HEADER_KEY = "ssl_adv"  # the safetensors metadata entry `save_tensors` writes
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, meta: dict | None = None) -> Path:
+    """Tensors as one safetensors file, written atomically, whose header holds `meta` (JSON) and the sha256 of the
+    tensors: the file checks itself on load (`load_tensors`), and weights and metadata cannot come from two writes."""
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # one metadata entry: safetensors writes several in no fixed order, and the same tensors must give the same bytes
+    header = json.dumps({"meta": _canonical(meta or {}), "tensors_sha256": state_digest(state)}, sort_keys=True,
+                        default=str)
+    return atomic_save(lambda tmp: save_file(state, tmp, metadata={_HEADER_KEY: header}), path)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(tensors, meta) of a file written by `save_tensors`. CorruptFileError naming the path when it is not a
+    readable safetensors file (truncated, empty, foreign), has no digest, or its tensors differ from its digest."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
+        raise CorruptFileError(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+    if _HEADER_KEY not in header:
+        raise CorruptFileError(path, "no sha256 in its header (written by an older version, cannot be checked)")
+    try:
+        header = json.loads(header[_HEADER_KEY])
+        want, meta = header["tensors_sha256"], header["meta"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptFileError(path, "its header's metadata is not what save_tensors writes") from None
+    if state_digest(state) != want:
+        raise CorruptFileError(path, "its tensors differ from the sha256 recorded in its header (damaged)")
+    return state, meta
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
@@ -176,13 +284,30 @@ def _cache_path(cache_dir: str | os.PathLike, name: str, params: dict) -> Path:
     return Path(cache_dir) / f"{name}-{param_hash(params)}.json"
 
 
+def _result_digest(result: Any) -> str:
+    return text_digest(json.dumps(result, sort_keys=True, default=str))
+
+
 def cached_result(cache_dir: str | os.PathLike, name: str, params: dict) -> Any | None:
-    """What `cached_json(cache_dir, name, params, ...)` would return without computing, or None when not cached."""
+    """What `cached_json(cache_dir, name, params, ...)` would return without computing, or None when not cached.
+
+    An entry that is not valid JSON, is not an entry of these parameters or fails its sha256 is reported with its
+    path and moved aside (`quarantine`), and counts as not cached."""
     path = _cache_path(cache_dir, name, params)
-    try:
-        return read_json(path)["result"] if path.is_file() else None
-    except (json.JSONDecodeError, KeyError):
+    if not path.is_file():
         return None
+    try:
+        entry = read_json_checked(path, dict)
+        if "result" not in entry:
+            raise CorruptFileError(path, f"no `result` in it (keys {sorted(entry)[:5]})")
+        if "params" in entry and entry["params"] != json.loads(json.dumps(_canonical(params), default=str)):
+            raise CorruptFileError(path, "it was written for other parameters")
+        if "sha256" in entry and entry["sha256"] != _result_digest(entry["result"]):
+            raise CorruptFileError(path, "its result differs from the sha256 recorded with it (damaged)")
+    except CorruptFileError as e:
+        quarantine(path, e.reason)
+        return None
+    return entry["result"]
 
 
 def cached_json(cache_dir: str | os.PathLike, name: str, params: dict, compute: Callable[[], Any],
@@ -193,9 +318,11 @@ def cached_json(cache_dir: str | os.PathLike, name: str, params: dict, compute: 
     """
     path = _cache_path(cache_dir, name, params)
     if not force:
-        hit = cached_result(cache_dir, name, params)  # an unreadable file counts as missing: recomputed, overwritten
+        hit = cached_result(cache_dir, name, params)  # a damaged entry is moved aside and recomputed
         if hit is not None:
             return hit
     result = compute()
-    atomic_write_json(path, {"name": name, "params": _canonical(params), "result": result})
+    stored = json.loads(json.dumps(result, default=str))  # what a reader gets back, digested as such
+    atomic_write_json(path, {"name": name, "params": _canonical(params), "result": stored,
+                             "sha256": _result_digest(stored)})
     return result

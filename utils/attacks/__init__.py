@@ -11,9 +11,13 @@ Conventions (every function here):
   (`keep="first-fooling"`, the verdict mode; PGD also offers "best-loss" and "last", see `pgd`).
 - "fooled" is decided in float32, whatever precision the gradient steps used (`amp`, under the precision policy of
   `utils.runtime`).
-- the model is attacked in eval mode with parameter gradients off (and, with `channels_last`, its 4-D weights in
-  channels_last memory format); each module's train/eval mode, each parameter's `requires_grad` and each weight tensor
-  are restored afterwards, so a model handed over in train mode comes back in train mode.
+- the model is attacked through a view (`attack_view`): eval mode, parameter gradients off and, with
+  `channels_last`, 4-D weights in channels_last memory format, all on module objects of the view's own that alias
+  the model's weights. The model itself is never changed, not even during the attack, so threads may share it.
+- the public boundary refuses with a clear error what would fail deep inside torch or give wrong numbers: images
+  outside [0, 1] or not a float tensor (float64 / bfloat16 are cast to float32), labels that are not integer class
+  indices in [0, K), a linf eps above 0.5 (eps given in grey levels), a model whose weights are not float32 or not
+  on one device, a model or objective returning no tensor.
 - speed levers, each measured by `bench/attacks.py --levers` (resnet_tiny, 1000 Fashion-MNIST points, linf grid
   {0,1,2,4,8,16}/255, 10 steps, one CPU thread; speed-up over torchattacks' PGD): the eps grid walked once with points
   leaving the batch as soon as they are fooled, no parameter gradients, float32: 2.2x; + bf16 autocast for the
@@ -24,20 +28,24 @@ Conventions (every function here):
 Layout (one loop per attack, one PGD loop for every use):
     geometry  losses (ce, cw, dlr), the eps-ball (project, random start), input checks, sanity-flag names
     target    the model as a kernel sees it: `ClassifierTarget` (verdicts in float32) or `ObjectiveTarget` (any
-              objective, e.g. a detector's losses or SegPGD), `fold_batchnorm`, `attack_mode`
-    kernels   `pgd_kernel` (with its keep modes), `fgsm_kernel`, `apgd_kernel`, registered by name in `ATTACKS`
-    api       `fgsm`, `pgd`, `apgd`, `pgd_objective`, `robust_accuracy` and its `RobustAccuracy` result
+              objective, e.g. a detector's losses or SegPGD), `fold_batchnorm`, `attack_view`
+    kernels   `pgd_kernel` (with its keep modes), `fgsm_kernel`, `apgd_kernel`, `apgd_t_kernel` (`KERNELS`)
+    external  FAB-T and Square borrowed from torchattacks, run on survivors, verdicts in float32
+    api       `ATTACKS` and `ENSEMBLES` ("autoattack"), `fgsm`, `pgd`, `apgd`, `pgd_objective`,
+              `robust_accuracy` (any attack or ensemble over an eps grid) and its `RobustAccuracy` result
 """
-from utils.attacks.api import (RobustAccuracy, apgd, apgd_ce, apgd_dlr, fgsm, pgd, pgd_objective,
-                               robust_accuracy)
+from utils.attacks.api import (ATTACKS, ENSEMBLES, NOT_FOOLED, WRONG_CLEAN, RobustAccuracy, apgd, apgd_ce,
+                               apgd_dlr, fgsm, pgd, pgd_objective, robust_accuracy)
 from utils.attacks.geometry import (ACCURACY_RISES, AMP_MODES, BLACKBOX_BEATS_WHITEBOX, LOSSES, NAN_GRAD,
-                                    NONFINITE_LOGITS, NORMS, OUTSIDE_BALL, RISES_WITH_EPS, ZERO_GRAD, ball_flags,
+                                    NONFINITE_LOGITS, NORMS, NOT_CONVERGED, NO_GRADIENT, OUTSIDE_BALL,
+                                    PROBABILITY_OUTPUTS, RANDOMIZED, RISES_WITH_EPS, ZERO_GRAD, ball_flags,
                                     ball_violation, check_eps, ce_loss, cw_loss, dlr_loss, flag, flag_name,
                                     monotonicity_flags, project)
-from utils.attacks.kernels import ATTACKS, KEEP_MODES, apgd_checkpoints
+from utils.attacks.kernels import KEEP_MODES, apgd_checkpoints
 from utils.attacks.target import fold_batchnorm
 
-__all__ = ["ACCURACY_RISES", "AMP_MODES", "ATTACKS", "BLACKBOX_BEATS_WHITEBOX", "KEEP_MODES", "LOSSES", "NAN_GRAD",
+__all__ = ["ACCURACY_RISES", "AMP_MODES", "ATTACKS", "BLACKBOX_BEATS_WHITEBOX", "ENSEMBLES", "KEEP_MODES",
+           "NOT_FOOLED", "WRONG_CLEAN", "NOT_CONVERGED", "NO_GRADIENT", "PROBABILITY_OUTPUTS", "RANDOMIZED", "LOSSES", "NAN_GRAD",
            "NONFINITE_LOGITS", "NORMS", "OUTSIDE_BALL", "RISES_WITH_EPS", "RobustAccuracy", "ZERO_GRAD", "apgd",
            "apgd_ce", "apgd_checkpoints", "apgd_dlr", "ball_flags", "ball_violation", "ce_loss", "check_eps",
            "cw_loss", "dlr_loss", "fgsm", "flag", "flag_name", "fold_batchnorm", "monotonicity_flags", "pgd",

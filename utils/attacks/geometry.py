@@ -22,6 +22,10 @@ OUTSIDE_BALL = "outside_ball"  # an adversarial point left the eps-ball or [0, 1
 ACCURACY_RISES = "accuracy_rises"  # robust accuracy higher at a larger eps (impossible for a sound attack)
 BLACKBOX_BEATS_WHITEBOX = "blackbox-beats-whitebox"  # a query-only attack fooled more points (gradient masking?)
 RISES_WITH_EPS = "rises_with_eps"  # a dense metric higher at a larger eps than at a smaller one
+RANDOMIZED = "randomized"  # two forward passes of one input differ (dropout on, input noise): use EOT attacks
+PROBABILITY_OUTPUTS = "probability_outputs"  # outputs are probabilities, not logits: losses saturate, mask gradients
+NO_GRADIENT = "no_gradient"  # the output has no gradient path to the input (detach, argmax, no_grad in forward)
+NOT_CONVERGED = "not_converged"  # more steps or restarts lowered robust accuracy by more than a point
 
 
 def flag(name: str, details: str = "") -> str:
@@ -66,6 +70,17 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return cw_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)  # cw_loss = -(z_y - max_{j != y} z_j)
 
 
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020, APGD-T): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for target
+    classes t [N]; rises as the target's logit overtakes the true one. Needs at least 4 classes."""
+    logits = logits.float()
+    if logits.shape[1] < 4:
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
+    top = logits.topk(4, dim=1).values
+    z_y, z_t = logits.gather(1, y[:, None]).squeeze(1), logits.gather(1, t[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss}
 
@@ -100,13 +115,17 @@ def unit_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g / norms(g, "l2").clamp_min(1e-12)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """linf: uniform in the box; l2: uniform direction on the sphere of radius eps (as AutoAttack); then projected."""
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None,
+                 sphere: bool = False) -> torch.Tensor:
+    """linf: uniform in the box. l2: a uniform direction at radius r * eps, r ~ U(0, 1) (Madry-style PGD, as
+    torchattacks' PGDL2), or on the sphere of radius eps with `sphere` (AutoAttack's APGD). Then projected.
+    (Measured on a small CNN, L2 eps = 1, 10 steps: starting on the sphere left PGD 1-1.5 points weaker.)"""
     if norm == "linf":
         noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
     else:
         noise = torch.randn(x.shape, generator=generator, device=x.device)
-        noise = noise * (eps / norms(noise, "l2").clamp_min(1e-12))
+        radius = eps if sphere else eps * torch.rand(norms(noise, "l2").shape, generator=generator, device=x.device)
+        noise = noise * (radius / norms(noise, "l2").clamp_min(1e-12))
     return project(x + noise, x, eps, norm)
 
 
@@ -145,16 +164,22 @@ def choice(value, options, what: str):
     return value
 
 
-def check_eps(eps) -> float:
-    """eps as a float radius >= 0, or a ValueError."""
+def check_eps(eps, norm: str | None = None) -> float:
+    """eps as a float radius >= 0, or a ValueError. With norm="linf", eps above 0.5 is refused too: a ball wider than
+    half the [0, 1] range is eps given in grey levels (8 meant as 8/255); L2 radii can legitimately exceed 0.5."""
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite radius >= 0 in image units (e.g. 8/255 for linf), got {eps}")
+    if norm == "linf" and eps > 0.5:
+        raise ValueError(f"linf eps={eps:g} is more than half the [0, 1] pixel range; eps is in image units: did you "
+                         f"mean eps/255 = {eps:g}/255 = {eps / 255:.4g}?")
     return eps
 
 
-def check_images(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-    """Images must be a finite float tensor in [0, 1]; labels [N] beside them."""
+def check_images(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images must be a finite float tensor in [0, 1]; labels, when given, integer class indices [N] >= 0 beside
+    them. Returns (x, y) as the kernel takes them: x float32 (float64, bfloat16 and float16 images are cast), y int64.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a float tensor of images [N, C, H, W] in [0, 1], got "
                          f"{type(x).__name__} {getattr(x, 'dtype', '')}")
@@ -163,8 +188,16 @@ def check_images(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ValueError(f"images must lie in [0, 1], got range [{float(x.min()):.3g}, {float(x.max()):.3g}]; pass "
                          f"unnormalized images and put the normalization inside the model (utils.models.Normalize)")
-    if y is not None and (y.dim() != 1 or len(y) != len(x)):
+    if y is None:
+        return x.float(), None
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be int64 class indices [N], got {type(y).__name__} {getattr(y, 'dtype', '')}: pass "
+                         f"the labels as a tensor of class numbers (y.long()), not one-hot rows or probabilities")
+    if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"y must be int64 labels [N] with N = len(x) = {len(x)}, got shape {tuple(y.shape)}")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
+    return x.float(), y.long()
 
 
 def check_options(norm: str, steps: int, restarts: int, rel_step: float | None = None, loss=None,

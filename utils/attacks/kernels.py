@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from utils.attacks.geometry import project, random_start as draw_random_start, unit_direction
+from utils.attacks.geometry import dlr_targeted_loss, project, random_start as draw_random_start, unit_direction
 from utils.attacks.target import Eval
 
 # What a PGD run returns per point: the first iterate that fools the model (verdicts; early stopping), the last
@@ -67,7 +67,7 @@ def compact(state: dict, keep: torch.Tensor) -> dict:
     return {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
 
 
-def begin(x, y, ids, eps, norm, restart, x_init, random_start, generator) -> dict:
+def begin(x, y, ids, eps, norm, restart, x_init, random_start, generator, sphere: bool = False) -> dict:
     """Kernel state of a restart on points ids: labels, the feasible set, and the start point xa.
 
     The feasible set (eps-ball around x, inside [0, 1]) is kept as a box [lo, hi] for linf, so that projecting is a
@@ -83,7 +83,7 @@ def begin(x, y, ids, eps, norm, restart, x_init, random_start, generator) -> dic
     if restart == 0 and x_init is not None:
         s["xa"] = x_init[ids].clone()
     else:
-        s["xa"] = draw_random_start(x0, eps, norm, generator) if random_start else x0.clone()
+        s["xa"] = draw_random_start(x0, eps, norm, generator, sphere) if random_start else x0.clone()
     return s
 
 
@@ -141,14 +141,15 @@ def apgd_checkpoints(steps: int) -> tuple[int, int, int]:
 
 
 def apgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
-          loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, random_start: bool = True, x_init=None,
-          generator=None):
+                loss="ce", rho: float = 0.75, momentum: float = 0.75, random_start: bool = True, x_init=None,
+                generator=None, targets: torch.Tensor | None = None):
     """Auto-PGD (Croce & Hein 2020, `autopgd_base.py` of fra31/auto-attack): step 2*eps, momentum 0.75, and at each
     checkpoint the step is halved and the iterate reset to the best point for every point where
     (a) the loss increased in at most rho (0.75) of the steps since the last checkpoint, or
     (b) the step was not halved at the last checkpoint and the best loss has not improved since.
 
-    Each restart evaluates the start point plus `steps` iterates (the last one without a gradient).
+    Each restart evaluates the start point plus `steps` iterates (the last one without a gradient). With `targets`
+    [N] (target classes), `loss` is a targeted loss (logits, y, t) -> [N] (APGD-T).
     """
     first, shrink, shortest = apgd_checkpoints(steps)
     rec = Record(x if x_init is None else x_init)
@@ -157,8 +158,10 @@ def apgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10
         ids = (~rec.fooled).nonzero().squeeze(1)
         if len(ids) == 0:
             break
-        s = begin(x, y, ids, eps, norm, r, x_init, random_start, generator)
-        ev = target.evaluate(s["xa"], s["y"], loss, 0)
+        s = begin(x, y, ids, eps, norm, r, x_init, random_start, generator, sphere=True)
+        if targets is not None:
+            s["t"] = targets[ids]
+        ev = target.evaluate(s["xa"], s["y"], loss, 0, t=s.get("t"))
         n = len(ids)
         s.update(grad=ev.grad, x_prev=s["xa"].clone(), x_best=s["xa"].clone(), grad_best=ev.grad.clone(),
                  loss_best=ev.loss.clone(), step=torch.full((n,), 2.0 * eps, device=x.device),
@@ -175,7 +178,7 @@ def apgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10
             z = into(xa + s["step"].view(view) * unit_direction(s["grad"], norm), s, eps, norm)
             s["x_prev"], s["xa"] = xa, into(xa + a * (z - xa) + (1 - a) * (xa - s["x_prev"]), s, eps, norm)
             last = i == steps - 1
-            ev = target.evaluate(s["xa"], s["y"], loss, i + 1, need_grad=not last)
+            ev = target.evaluate(s["xa"], s["y"], loss, i + 1, need_grad=not last, t=s.get("t"))
             s["hist"][:, i + 1] = ev.loss
             improved = ev.loss > s["loss_best"]
             s["loss_best"] = torch.where(improved, ev.loss, s["loss_best"])
@@ -197,11 +200,38 @@ def apgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10
     return rec.result(target, y)
 
 
-# Dispatch by name; each entry is a kernel (see above). `cw` is PGD on the CW margin loss.
-ATTACKS: dict[str, Callable] = {
+
+
+def apgd_t_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+                  n_targets: int = 9, rho: float = 0.75, momentum: float = 0.75, x_init=None, generator=None):
+    """APGD-T (AutoAttack's targeted APGD): APGD on the targeted DLR loss towards each of the `n_targets` classes
+    the float32 model ranks highest after the true one at the clean point, one target after another on the points
+    not fooled yet (`restarts` runs per target). The first target resumes from x_init; the others start at random.
+    A point counts as fooled when misclassified, whichever class wins."""
+    order = target.logits_fp32(x, count=False).argsort(1, descending=True)
+    n_t = min(int(n_targets), order.shape[1] - 1)
+    x_adv = (x if x_init is None else x_init).clone()
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for j in range(1, n_t + 1):
+        ids = (~fooled).nonzero().squeeze(1)
+        if len(ids) == 0:
+            break
+        start = x_init[ids] if (j == 1 and x_init is not None) else None
+        xa, f = apgd_kernel(target, x[ids], y[ids], eps=eps, norm=norm, steps=steps, restarts=restarts,
+                            loss=dlr_targeted_loss, rho=rho, momentum=momentum, x_init=start, generator=generator,
+                            targets=order[ids, j])
+        keep = torch.ones_like(f) if j == 1 else f  # survivors keep the first target's best point
+        x_adv[ids[keep]] = xa[keep]
+        fooled[ids[f]] = True
+    return x_adv, fooled
+
+
+# The kernel's own attacks by name; `cw` is PGD on the CW margin loss, `apgd-t` the targeted APGD of AutoAttack.
+KERNELS: dict[str, Callable] = {
     "fgsm": fgsm_kernel,
     "pgd": pgd_kernel,
     "cw": functools.partial(pgd_kernel, loss="cw"),
     "apgd-ce": functools.partial(apgd_kernel, loss="ce"),
     "apgd-dlr": functools.partial(apgd_kernel, loss="dlr"),
+    "apgd-t": apgd_t_kernel,
 }

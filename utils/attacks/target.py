@@ -11,14 +11,15 @@ Two kinds of target, one interface (`evaluate(x, y, loss, step, need_grad) -> Ev
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+import functools
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from utils.attacks.geometry import AMP_MODES, LOSSES, NAN_GRAD, NONFINITE_LOGITS, ZERO_GRAD, flag
+from utils.attacks.geometry import (AMP_MODES, LOSSES, NAN_GRAD, NO_GRADIENT, NONFINITE_LOGITS, PROBABILITY_OUTPUTS,
+                                    RANDOMIZED, ZERO_GRAD, flag)
 from utils.runtime import autocast, full_precision, model_device, tf32_active, use_bf16
 
 
@@ -30,11 +31,16 @@ class Eval(NamedTuple):
     exact: bool  # every verdict (also "not fooled") came from an IEEE float32 forward
 
 
+def _with_targets(loss_fn, t, logits, y):
+    return loss_fn(logits, y, t)
+
+
 class GradientCounters:
     """Counts the input gradients seen, and those that were NaN/inf or all zero, for the sanity flags."""
 
     def __init__(self):
-        self.n_grads = self.n_zero_grads = self.n_nan_grads = self.n_nonfinite_logits = 0
+        self.n_grads = self.n_zero_grads = self.n_nan_grads = self.n_nonfinite_logits = self.n_no_path = 0
+        self.model_flags: list[str] = []
 
     def check(self, grad: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
         """Count `grad` [N, ...]; return it with NaN/inf set to 0 (a NaN step would leave the ball)."""
@@ -58,11 +64,15 @@ class GradientCounters:
                                        f"(gradient masking?)"))
         if self.n_nonfinite_logits:
             out.append(flag(NONFINITE_LOGITS, f"{self.n_nonfinite_logits} model outputs had NaN/inf logits"))
-        return out
+        if self.n_no_path:
+            out.append(flag(NO_GRADIENT, f"{self.n_no_path} outputs had no gradient path to the input (a detach, "
+                                         f"argmax or no_grad in forward?): white-box attacks cannot work here"))
+        return self.model_flags + out
 
     def flag_names(self) -> set[str]:
         return {name for name, n in ((NAN_GRAD, self.n_nan_grads), (ZERO_GRAD, self.n_zero_grads),
-                                     (NONFINITE_LOGITS, self.n_nonfinite_logits)) if n}
+                                     (NONFINITE_LOGITS, self.n_nonfinite_logits), (NO_GRADIENT, self.n_no_path))
+                if n}
 
 
 class ClassifierTarget(GradientCounters):
@@ -81,6 +91,22 @@ class ClassifierTarget(GradientCounters):
         # steps whose forward is not IEEE float32 of the model itself (bf16 autocast, TF32 convolutions on a GPU, or
         # a BN-folded copy) get their "fooled" verdicts confirmed by a float32 forward of the model
         self.inexact = use or tf32_active(self.device)
+
+    def check_model(self, x_probe: torch.Tensor) -> list[str]:
+        """AutoAttack's checks on a few points (its `checks.py`): a randomized forward (two float32 passes differ)
+        and outputs that are probabilities instead of logits. Adds the flags it raises to `flags()`."""
+        a, b = self.logits_fp32(x_probe, count=False), self.logits_fp32(x_probe, count=False)
+        found = []
+        if not torch.equal(a, b):
+            found.append(flag(RANDOMIZED, f"two forward passes of the same input differ by up to "
+                                          f"{float((a - b).abs().max()):.3g} (dropout or noise active in eval mode?); "
+                                          f"verdicts are not repeatable and need EOT attacks"))
+        if a.numel() and bool(((a >= 0) & (a <= 1)).all()) and bool(((a.sum(1) - 1).abs() < 1e-3).all()):
+            found.append(flag(PROBABILITY_OUTPUTS, "the outputs are probabilities (in [0, 1], rows sum to 1): pass "
+                                                   "logits (remove the softmax); CE and DLR on probabilities "
+                                                   "saturate and mask gradients"))
+        self.model_flags += [f for f in found if f not in self.model_flags]
+        return found
 
     def use_folded(self, x_probe: torch.Tensor, channels_last: bool) -> bool:
         """Take gradients from a copy of the model with its Conv-BatchNorm pairs folded into single convolutions
@@ -116,14 +142,17 @@ class ClassifierTarget(GradientCounters):
         return self.logits_fp32(x).argmax(1) != y
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, loss: str | Callable = "ce", step: int = 0,
-                 need_grad: bool = True) -> Eval:
-        """Loss (a name in LOSSES or a callable (logits, y) -> [N]), input gradient (when need_grad) and "fooled"
+                 need_grad: bool = True, t: torch.Tensor | None = None) -> Eval:
+        """Loss (a name in LOSSES or a callable (logits, y) -> [N]; with target classes t [N], a targeted loss
+        (logits, y, t) -> [N]), input gradient (when need_grad) and "fooled" (= misclassified, whatever the target)
         verdicts at the points x [N, ...] with labels y [N].
 
         A gradient step runs under autocast when amp is on, and every "fooled" it reports is then confirmed by a
         float32 forward; an evaluation without gradient runs in float32 directly.
         """
         loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+        if t is not None:
+            loss_fn = functools.partial(_with_targets, loss_fn, t)
         if not need_grad:
             logits = self.logits_fp32(x)
             return Eval(loss_fn(logits, y), None, logits.argmax(1) != y, exact=True)
@@ -136,6 +165,9 @@ class ClassifierTarget(GradientCounters):
         if self.inexact and fooled.any():  # confirm low-precision verdicts in float32
             cand = fooled.clone()
             fooled[cand] = self.logits_fp32(x[cand], count=False).argmax(1) != y[cand]
+        if not value.requires_grad:  # no gradient path from the input: a flag, and zero steps (no crash)
+            self.n_no_path += len(x)
+            return Eval(value.detach(), torch.zeros_like(x), fooled, exact=not self.inexact)
         grad, = torch.autograd.grad(value.sum(), xg)  # a sum: each point's gradient is its own loss's gradient
         return Eval(value.detach(), self.check(grad, fooled), fooled, exact=not self.inexact)
 
@@ -150,7 +182,7 @@ class ObjectiveTarget(GradientCounters):
         super().__init__()
         self.objective, self.device = objective, torch.device(device)
 
-    def evaluate(self, x: torch.Tensor, y=None, loss=None, step: int = 0, need_grad: bool = True) -> Eval:
+    def evaluate(self, x: torch.Tensor, y=None, loss=None, step: int = 0, need_grad: bool = True, t=None) -> Eval:
         """The objective (and its input gradient when need_grad) at x; `y` and `loss` are not used."""
         none = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         xg = x.detach().requires_grad_(need_grad)
@@ -187,23 +219,32 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
     return folded if n_bn(folded) < before else None
 
 
-@contextmanager
-def attack_mode(model: nn.Module, channels_last: bool = False):
-    """Eval mode and no parameter gradients during the attack; with `channels_last`, 4-D weights in channels_last
-    memory format (measured 20-40 % faster convolutions on the CPU here, fp32 and bf16; the usual advice on GPUs).
-    Every module's mode, every `requires_grad` flag and every weight tensor itself are restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad, p.data) for p in model.parameters()]
-    model.eval()
-    for p, _, data in params:
-        p.requires_grad_(False)  # the attack needs input gradients only
-        if channels_last and data.dim() == 4:
-            p.data = data.contiguous(memory_format=torch.channels_last)  # what Module.to(memory_format=) does
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag_, data in params:
-            p.data = data  # the very tensor the model came with (weights are not changed by the attack)
-            p.requires_grad_(flag_)
+def attack_view(model: nn.Module, channels_last: bool = False) -> nn.Module:
+    """The model as an attack uses it: a view of `model` in eval mode whose parameters alias the model's weights
+    (the same storage, detached: no parameter gradients), with `channels_last`, 4-D weights in channels_last memory
+    format (measured 20-40 % faster convolutions on the CPU here, fp32 and bf16; the usual advice on GPUs).
+
+    The view has module objects of its own (its own train/eval flags and parameter slots); buffers are shared and,
+    in eval mode, only read. So the caller's model is never changed, not even for the time of the attack: another
+    thread may attack, evaluate or train it meanwhile."""
+    memo: dict[int, nn.Module] = {}
+
+    def view(module: nn.Module) -> nn.Module:
+        if id(module) in memo:  # a module reachable under two names stays one module
+            return memo[id(module)]
+        v = copy.copy(module)  # a new object; its parameter, buffer and child dicts are replaced below
+        memo[id(module)] = v
+        params = {}
+        for name, p in module._parameters.items():
+            if p is not None:
+                data = p.detach()
+                if channels_last and data.dim() == 4:
+                    data = data.contiguous(memory_format=torch.channels_last)
+                p = nn.Parameter(data, requires_grad=False)
+            params[name] = p
+        v._parameters, v._buffers = params, dict(module._buffers)
+        v._modules = {name: None if c is None else view(c) for name, c in module._modules.items()}
+        v.training = False
+        return v
+
+    return view(model)
