@@ -18,8 +18,10 @@ import argparse
 import copy
 import fcntl
 import json
+import logging
 import os
 import random
+import signal
 import socket
 import sys
 import threading
@@ -35,6 +37,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from utils.config import DEFAULT_PROFILE, PROFILES, notebook_parameters, output_dirs, output_root, parameters_source
 from utils.encoders import uses_official_checkpoints
+from utils.parallel import INTERRUPTED
 from utils.store import (CorruptFileError, atomic_write_json, file_sha256, param_hash, quarantine, read_json_checked,
                          text_digest)
 
@@ -302,7 +305,8 @@ def _register_progress_engine() -> None:
 
 class LoggedKernelManager(AsyncKernelManager):
     """A kernel whose own stdout/stderr (its start-up warnings, its worker processes' messages, the tracebacks of a
-    shutdown after Ctrl-C) go to the file `log_path`, not the terminal: an interrupted run ends in one line."""
+    shutdown after Ctrl-C) go to the file `log_path`, not the terminal: an interrupted run ends in one line. Passed
+    to papermill as a class (`logged_kernel_manager`), so that nbclient owns the manager and shuts the kernel down."""
 
     log_path: Path | None = None
 
@@ -311,25 +315,29 @@ class LoggedKernelManager(AsyncKernelManager):
             return await super().start_kernel(stdout=log, stderr=log, **kw)
 
 
+def logged_kernel_manager(log_path: Path) -> type:
+    """A `LoggedKernelManager` class writing to `log_path` (emptied first)."""
+    log_path.unlink(missing_ok=True)
+    return type("LoggedKernelManager", (LoggedKernelManager,), {"log_path": log_path})
+
+
 def _execute(nb_path: Path, out_path: Path, params: dict, root: Path,
              progress: NotebookProgress | None = None) -> None:
     import papermill as pm
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _register_progress_engine()
-    km = LoggedKernelManager(kernel_name=KERNEL_NAME)
-    km.log_path = out_path.with_suffix(".kernel.log")
-    km.log_path.unlink(missing_ok=True)
+    kernel_log = out_path.with_suffix(".kernel.log")
     try:
         with progress or NotebookProgress(nb_path.stem, lambda *_: None, heartbeat=0):
             pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL_NAME,
                                 cwd=str(root), progress_bar=False, log_output=False, engine_name=_ENGINE,
-                                progress=progress, km=km)
+                                progress=progress, kernel_manager_class=logged_kernel_manager(kernel_log))
     except pm.PapermillExecutionError as e:
         where = _failing_cell(out_path)
         raise NotebookFailed(
             f"{nb_path.name} failed in {where} ({e.ename}: {e.evalue}).\n"
-            f"The executed copy with the traceback is {out_path} (the kernel's own messages: {km.log_path})"
+            f"The executed copy with the traceback is {out_path} (the kernel's own messages: {kernel_log})"
         ) from None
     except Exception as e:
         if type(e).__name__ == "NoSuchKernel":
@@ -566,6 +574,13 @@ def write_parameters_cells(root: Path | None = None) -> list[str]:
     return changed
 
 
+def _quiet_interrupt(signum, frame):
+    """Ctrl-C: what the notebook client and asyncio log while the run unwinds (the interrupted cell's task, the
+    kernel's shutdown) is noise once the user stopped the run; the runner says one line instead."""
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
@@ -580,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = [o.zfill(2) for o in args.only] if args.only else None
     t0 = time.perf_counter()
+    before = signal.signal(signal.SIGINT, _quiet_interrupt)
     try:
         run_chain(args.profile, only=only, start=args.start.zfill(2) if args.start else None, force=args.force,
                   log=lambda *a: print(*a, flush=True))  # flushed: a piped CI log shows each line as it happens
@@ -590,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is cached, rerun to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, before)
     print(f"chain ({args.profile}) finished in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -26,10 +26,13 @@ DATA_SPECS = "fashion_mnist, digits, cifar10:ROOT, imagefolder:ROOT (ROOT/train 
 UNRELIABLE_FLAGS = (attacks.BLACKBOX_BEATS_WHITEBOX, attacks.NOT_CONVERGED, attacks.RANDOMIZED,
                     attacks.PROBABILITY_OUTPUTS, attacks.NO_GRADIENT, attacks.ZERO_GRAD, attacks.NAN_GRAD,
                     attacks.NONFINITE_LOGITS, attacks.OUTSIDE_BALL, attacks.ACCURACY_RISES)
-ESTIMATE_POINTS, ESTIMATE_BUDGETS = 32, (1, 2)  # timing probe: points; budgets in steps (Square: queries in proportion)
-ESTIMATE_METHOD = (f"measured before the run: features of up to 256 training images and a probe fitted on them; the "
-                   f"AutoAttack ensemble and APGD-CE on {ESTIMATE_POINTS} test points at 1 and 2 steps (Square's "
-                   f"queries in proportion), extrapolated linearly to the card's budgets and points")
+# The timing probe: test points, APGD-CE steps that tell how many points survive each eps, and what a FAB-T step and
+# a Square query cost in forward + backward passes (FAB: a pass and its projection; Square: a forward).
+ESTIMATE_POINTS, ESTIMATE_STEPS, FAB_PASSES, SQUARE_PASSES = 32, 2, 1.5, 0.35
+ESTIMATE_METHOD = (f"measured before the run: the features of up to 256 training images and a quick probe fitted on "
+                   f"them; one forward and backward pass of that classifier on {ESTIMATE_POINTS} test points, and "
+                   f"the fraction of them a {ESTIMATE_STEPS}-step APGD-CE leaves at each eps; times the passes each "
+                   f"stage asks for (a FAB-T step counted as {FAB_PASSES}, a Square query as {SQUARE_PASSES})")
 
 
 class CardError(ValueError):

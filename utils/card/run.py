@@ -14,7 +14,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from utils import attacks
-from utils.card.inputs import (CARD_VERSION, ESTIMATE_BUDGETS, ESTIMATE_METHOD, ESTIMATE_POINTS, SIZES,
+from utils.card.inputs import (CARD_VERSION, ESTIMATE_METHOD, ESTIMATE_POINTS, ESTIMATE_STEPS, FAB_PASSES,
+                               SIZES, SQUARE_PASSES,
                                UNRELIABLE_FLAGS, CardError, CardSettings, adapt, load_card_data, load_card_encoder,
                                resolve_baseline)
 from utils.card.report import write_card
@@ -22,20 +23,23 @@ from utils.config import SUPERVISED, output_dirs
 from utils.models import Classifier
 from utils.probe import accuracy, extract_features, fit_logistic_regression, linear_probe
 from utils.robustness import BLACKBOX_TOLERANCE, KERNEL_VERSION, convergence_run
+from utils.runtime import autocast, model_device
 from utils.store import cached_json, cached_result, points_digest, weights_digest
+
+CONVERGENCE_TOLERANCE = 0.01  # accuracy the strongest APGD-CE budget may lose before NOT_CONVERGED (convergence_run)
+
 
 def probe_classifier(encoder: nn.Module, d: dict, s: CardSettings) -> Classifier:
     """The suite's linear probe of `encoder` on the card's training points."""
     return linear_probe(encoder, d["x_train"], d["y_train"], d["n_classes"], iters=s.probe_iters, seed=s.seed)
 
 
-def autoattack(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, s: CardSettings, progress: bool = False,
-               **budget) -> attacks.RobustAccuracy:
+def autoattack(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, s: CardSettings, **budget) -> attacks.RobustAccuracy:
     """The AutoAttack ensemble over the card's grid (eps 0 included), as the card runs it; `budget` overrides
     steps / n_targets / n_queries (the timing probe)."""
     opts = {"steps": s.steps, "restarts": s.restarts, "n_targets": s.n_targets, "n_queries": s.n_queries, **budget}
     return attacks.robust_accuracy(clf, x, y, eps_list=s.grid(), attack="autoattack", batch_size=s.batch_size,
-                                   seed=s.seed, progress=progress, **opts)
+                                   seed=s.seed, **opts)
 
 
 def attack_rows(res: attacks.RobustAccuracy) -> list[dict]:
@@ -74,23 +78,25 @@ def convergence_check(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, res: att
         raise CardError(f"convergence eps {eps * 255:g}/255 is not on the eps grid {[e * 255 for e in res.eps]}")
     reference = float(res.robust_mask[hits[0], :n].float().mean())
     rows = convergence_run(clf, x[:n], y[:n], model=model, task=task, eps=eps,
-                           schedule=[tuple(b) for b in s.schedule], reference=reference, seed=s.seed)
+                           schedule=[tuple(b) for b in s.schedule], reference=reference, seed=s.seed,
+                           tolerance=CONVERGENCE_TOLERANCE)
     flags = sorted({f for r in rows for f in r["flags"].split(";") if f})
     return {"attack": "apgd-ce", "norm": "linf", "eps": eps, "eps_255": round(eps * 255, 4), "n": n,
-            "reference": reference, "tolerance": 0.01, "flags": flags,
+            "reference": reference, "strongest_minus_reference": rows[-1]["accuracy"] - reference,
+            "tolerance": CONVERGENCE_TOLERANCE, "flags": flags,
             "converged": not any(attacks.flag_name(f) == attacks.NOT_CONVERGED for f in flags),
             "rows": [{"steps": r["steps"], "restarts": r["restarts"], "accuracy": r["accuracy"]} for r in rows]}
 
 
-def evaluate(encoder: nn.Module, d: dict, s: CardSettings, progress: bool = False, timer=None) -> tuple:
-    """(classifier, clean accuracy, ensemble result) of `encoder` on the card's data; `timer(stage)` is a context
-    manager timing each stage."""
+def evaluate(encoder: nn.Module, d: dict, s: CardSettings, timer: "Stages | None" = None) -> tuple:
+    """(classifier, clean accuracy, ensemble result) of `encoder` on the card's data, each stage timed by `timer`."""
+    timer = timer if timer is not None else Stages()
     with timer("linear probe"):
         clf = probe_classifier(encoder, d, s)
     with timer("clean accuracy"):
         clean = accuracy(clf, d["x_test"], d["y_test"])
     with timer("autoattack"):
-        res = autoattack(clf, d["x_test"], d["y_test"], s, progress=progress)
+        res = autoattack(clf, d["x_test"], d["y_test"], s)
     return clf, clean, res
 
 
@@ -110,7 +116,7 @@ def baseline_numbers(encoder: nn.Module, d: dict, s: CardSettings, cache_dir: st
         if known is not None:
             return known
         t0 = time.perf_counter()
-        _, clean, res = evaluate(encoder, d, s, timer=Stages())
+        _, clean, res = evaluate(encoder, d, s)
         return numbers(clean, res, time.perf_counter() - t0)
 
     if cache_dir is None:
@@ -152,15 +158,32 @@ class Stages:
         self.bar.update(self.bar.total - self.bar.n)
         self.bar.close()
 
-def _linear_fit(run, budgets: tuple[int, int]) -> tuple[float, float]:
-    """(fixed seconds, seconds per unit of budget) of `run(budget)`, timed at two budgets."""
-    times = []
-    for b in budgets:
-        t0 = time.perf_counter()
-        run(b)
-        times.append(time.perf_counter() - t0)
-    slope = max(0.0, (times[1] - times[0]) / (budgets[1] - budgets[0]))
-    return max(0.0, times[0] - slope * budgets[0]), slope
+def _pass_seconds(clf: nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
+    """Seconds per point of one forward + backward pass of `clf` under the attacks' precision policy."""
+    xg = x.clone().requires_grad_(True)
+
+    def once():
+        with torch.enable_grad(), autocast(model_device(clf)):
+            clf(xg).float().sum().backward()
+
+    once()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    return (time.perf_counter() - t0) / (repeats * len(x))
+
+
+def attack_passes(s: CardSettings, survive: list[float]) -> float:
+    """Gradient passes per test point the ensemble needs, when a fraction `survive[j]` of the points is still
+    robust at eps j of the grid (j = 0: clean). A member that carries its best point into a larger ball also runs
+    once from a fresh start there (with one restart); FAB-T costs FAB_PASSES a step, a Square query SQUARE_PASSES."""
+    total, budget = 0.0, s.steps * s.restarts
+    for j in range(1, len(survive)):
+        runs = 2 if (j > 1 and s.restarts == 1) else 1
+        total += survive[j - 1] * budget * runs  # APGD-CE on what the smaller ball left
+        total += survive[j] * (s.n_targets * budget * runs + s.n_targets * s.steps * FAB_PASSES
+                               + s.n_queries * SQUARE_PASSES)
+    return total
 
 
 def estimate_seconds(encoder: nn.Module, d: dict, s: CardSettings, *, baseline: bool) -> dict[str, float]:
@@ -172,22 +195,22 @@ def estimate_seconds(encoder: nn.Module, d: dict, s: CardSettings, *, baseline: 
     per_image = (time.perf_counter() - t0) / m
     t0 = time.perf_counter()
     head = fit_logistic_regression(feats, d["y_train"][:m], d["n_classes"], iters=s.probe_iters, seed=s.seed)
-    fit = (time.perf_counter() - t0) * len(d["y_train"]) / m
+    fit = time.perf_counter() - t0  # L-BFGS's fixed iterations: about as long on all training points
     clf = Classifier(encoder, head).eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
     n_test = len(d["y_test"])
-    q = min(ESTIMATE_POINTS, n_test)
-    x, y = d["x_test"][:q], d["y_test"][:q]
-    # budget b = b steps of each gradient member and b/steps of Square's queries
+    x, y = d["x_test"][:ESTIMATE_POINTS], d["y_test"][:ESTIMATE_POINTS]
+    per_pass = _pass_seconds(clf, x)
     with warnings.catch_warnings():  # flags of a quick probe's classifier mean nothing
         warnings.simplefilter("ignore")
-        fixed, per = _linear_fit(lambda b: autoattack(clf, x, y, s, steps=b, n_queries=max(1, round(
-            s.n_queries * b / s.steps))), ESTIMATE_BUDGETS)
-        c_fixed, c_per = _linear_fit(lambda b: attacks.robust_accuracy(
-            clf, x, y, eps_list=[s.conv_eps()], attack="apgd-ce", steps=b, seed=s.seed), ESTIMATE_BUDGETS)
-    n_conv = min(s.convergence_n, n_test)
+        quick = attacks.robust_accuracy(clf, x, y, eps_list=s.grid(), attack="apgd-ce", steps=ESTIMATE_STEPS,
+                                        seed=s.seed)
+    survive = [quick[e] for e in s.grid()]
+    conv = survive[s.grid().index(s.conv_eps())] * sum(st * r for st, r in s.schedule)
     out = {"linear probe": per_image * len(d["y_train"]) + fit, "clean accuracy": per_image * n_test,
-           "autoattack": (fixed + per * s.steps) * n_test / q,
-           "convergence": sum(c_fixed + c_per * st * r for st, r in s.schedule) * n_conv / q}
+           "autoattack": attack_passes(s, survive) * n_test * per_pass,
+           "convergence": conv * min(s.convergence_n, n_test) * per_pass}
     if baseline:
         out["baseline"] = out["linear probe"] + out["clean accuracy"] + out["autoattack"]
     return {k: round(v, 1) for k, v in out.items()}
@@ -240,7 +263,7 @@ def build_card(encoder: str, *, method: str | None = None, data_spec: str = "fas
 
     stages = Stages(est, progress)
     stages.seconds["timing probe"] = t_probe
-    clf, clean, res = evaluate(enc, d, s, progress=False, timer=stages)
+    clf, clean, res = evaluate(enc, d, s, timer=stages)
     rows = attack_rows(res)
     with stages("convergence"):
         conv = convergence_check(clf, d["x_test"], d["y_test"], res, s, model=name, task=d["task"])
