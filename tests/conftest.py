@@ -47,3 +47,13 @@ def tiny_repo(tmp_path):
         return tmp_path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(data_root):
+    """The small CNN of tests/cnn_models.py trained 300 steps of 128 images (~83 % clean test accuracy), once per
+    session for every attack test. Tests must not change its weights."""
+    from cnn_models import fit_cnn, small_cnn
+
+    torch.manual_seed(0)
+    return fit_cnn(small_cnn(), data_root, steps=300, seed=1)

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
 from utils import attacks, stats
 from utils.attacks import robust_accuracy
 from utils.data import load_fashion_mnist
-from utils.models import FASHION_MEAN, FASHION_STD, Normalize
-
-
-def _cnn() -> nn.Module:
-    return nn.Sequential(Normalize(FASHION_MEAN, FASHION_STD), nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
 
 
 @pytest.fixture(scope="module")
-def model(data_root) -> nn.Module:
-    """A small CNN, 300 Adam steps on Fashion-MNIST (~83 % clean accuracy)."""
-    torch.manual_seed(0)
-    net = _cnn()
-    x, y = load_fashion_mnist(data_root, "train", n=300 * 128, seed=1)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for i in range(300):
-        loss = F.cross_entropy(net(x[i * 128:(i + 1) * 128]), y[i * 128:(i + 1) * 128])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+def model(trained_cnn) -> nn.Module:
+    """A small CNN, 300 Adam steps on Fashion-MNIST (~83 % clean accuracy), shared with test_attacks."""
+    return trained_cnn
 
 
 @pytest.fixture(scope="module")
