@@ -217,19 +217,14 @@ def test_workers_die_quietly_with_their_parent(tmp_path):
     script.write_text(_ORPHAN_SCRIPT.format(secs=20))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO_ROOT, start_new_session=True)
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(8)  # the workers started their jobs
+    proc.send_signal(signal.SIGKILL)  # the kernel killed after Ctrl-C
     try:
-        assert proc.stdout.readline().strip() == "start"
-        time.sleep(8)  # the workers started their jobs
-        proc.send_signal(signal.SIGKILL)  # the kernel killed after Ctrl-C
-        # returns once every holder of the pipes (the workers too) is gone
-        out, err = proc.communicate(timeout=8)
+        out, err = proc.communicate(timeout=8)  # returns once every holder of the pipes (the workers too) is gone
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the orphans still hold the group: end them
         pytest.fail("the orphaned workers kept running their jobs")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the process group
-        except ProcessLookupError:
-            pass
     assert "Traceback" not in err and "for nobody" not in out, err
 
 

@@ -26,13 +26,16 @@ DATA_SPECS = "fashion_mnist, digits, cifar10:ROOT, imagefolder:ROOT (ROOT/train 
 UNRELIABLE_FLAGS = (attacks.BLACKBOX_BEATS_WHITEBOX, attacks.NOT_CONVERGED, attacks.RANDOMIZED,
                     attacks.PROBABILITY_OUTPUTS, attacks.NO_GRADIENT, attacks.ZERO_GRAD, attacks.NAN_GRAD,
                     attacks.NONFINITE_LOGITS, attacks.OUTSIDE_BALL, attacks.ACCURACY_RISES)
-# The timing probe: test points, APGD-CE steps that tell how many points survive each eps, and what a FAB-T step and
-# a Square query cost in forward + backward passes (FAB: a pass and its projection; Square: a forward).
-ESTIMATE_POINTS, ESTIMATE_STEPS, FAB_PASSES, SQUARE_PASSES = 32, 2, 1.5, 0.35
+# The timing probe: test points and steps of an APGD-CE run over the grid (its time per pass, and how many points
+# survive each eps), and what a FAB-T step and a Square query cost in such passes (measured with bench-style runs of
+# each member on resnet_tiny: FAB-T's projections, Square's one forward a query on small batches).
+ESTIMATE_POINTS, ESTIMATE_STEPS, FAB_PASSES, SQUARE_PASSES = 32, 4, 2.0, 0.4
 ESTIMATE_METHOD = (f"measured before the run: the features of up to 256 training images and a quick probe fitted on "
-                   f"them; one forward and backward pass of that classifier on {ESTIMATE_POINTS} test points, and "
-                   f"the fraction of them a {ESTIMATE_STEPS}-step APGD-CE leaves at each eps; times the passes each "
-                   f"stage asks for (a FAB-T step counted as {FAB_PASSES}, a Square query as {SQUARE_PASSES})")
+                   f"them; a {ESTIMATE_STEPS}-step APGD-CE over the eps grid on {ESTIMATE_POINTS} test points, run "
+                   f"twice (the second run's seconds per forward-backward pass, and how many points survive each "
+                   f"eps); times the passes "
+                   f"each stage asks for (a FAB-T step counted as {FAB_PASSES:g} passes, a Square query as "
+                   f"{SQUARE_PASSES:g})")
 
 
 class CardError(ValueError):
@@ -44,17 +47,17 @@ class CardSettings:
     """How much a card computes. Every number on the card states these."""
 
     n_train: int = 2000  # linear-probe training images
-    n_test: int = 100  # test points: clean accuracy and the attack
+    n_test: int = 250  # test points: clean accuracy and the attack
     eps: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)  # L-inf radii, image units ([0, 1] pixels)
     steps: int = 10  # APGD-CE, APGD-T and FAB-T iterations
     restarts: int = 1
     n_targets: int = 3  # target classes of APGD-T and FAB-T (AutoAttack's standard: 9)
     n_queries: int = 100  # Square's queries (AutoAttack's standard: 5000)
     probe_iters: int = 100  # L-BFGS iterations of the logistic-regression probe
-    convergence_n: int = 32  # first test points of the convergence check
+    convergence_n: int = 64  # first test points of the convergence check
     convergence_eps: float | None = None  # None: the middle eps of the grid
     schedule: tuple[tuple[int, int], ...] = ((10, 1), (50, 1), (100, 1), (100, 5))  # (steps, restarts), APGD-CE
-    batch_size: int = 100  # points per attacked batch
+    batch_size: int = 50  # points per attacked batch (memory: a ResNet-50 at 224 px needs a few GB for 50)
     seed: int = 0
     image_size: int | None = None  # cifar10 / imagefolder images are resized to this (default 32 / 224)
 

@@ -16,6 +16,7 @@ from utils.plots import curves_vs_eps, save_figure
 from utils.store import atomic_write_bytes, atomic_write_json, provenance
 
 FILES = {"md": "card.md", "json": "card.json", "png": "card.png"}
+STANDARD = (100, 9, 5000)  # AutoAttack's standard: APGD steps, target classes, Square queries
 
 
 def _e(eps: float) -> str:
@@ -44,8 +45,15 @@ def render_markdown(card: dict) -> str:
     lines = [f"# Robustness card: {card['name']} on {d['task']}", "",
              f"Linear evaluation (frozen encoder + logistic regression): clean accuracy **{card['clean_acc']:.3f}**, "
              f"robust accuracy **{worst['accuracy']:.3f}** at eps {_e(worst['eps'])} under {a['name']} "
-             f"(L-inf, {a['steps']} steps, {a['restarts']} restart(s), n = {a['n']}). Verdict: {verdict}.", "",
-             "![robust accuracy vs eps](card.png)", ""]
+             f"(L-inf, {a['steps']} steps, restarts {a['restarts']}, n = {a['n']}). Verdict: {verdict}.", ""]
+    standard = (STANDARD[0], min(STANDARD[1], d["n_classes"] - 1), STANDARD[2])
+    weaker = [f"{have} {what} (standard {want})" for have, what, want in zip(
+        (a["steps"], a["n_targets"], a["n_queries"]), ("steps", "target classes", "Square queries"), standard)
+        if have < want]
+    if weaker:
+        lines += [f"A shorter attack than AutoAttack's standard: {', '.join(weaker)}; it may overstate robustness. "
+                  f"The convergence check below says whether more steps found more.", ""]
+    lines += ["![robust accuracy vs eps](card.png)", ""]
     members = a["members"]
     head = ["eps", "robust accuracy", *(f"after {m}" for m in members), "Square only"]
     if base is not None:
@@ -87,8 +95,8 @@ def render_markdown(card: dict) -> str:
               f"- linear probe: {card['evaluation']['probe']}, {card['evaluation']['probe_iters']} iterations",
               f"- time: {t['total_s']:.1f} s in all (" + ", ".join(f"{k} {v:.1f} s" for k, v in t["stages_s"].items())
               + f"); estimated before the run: {t['estimate_s']:.1f} s ({t['estimate_method']})",
-              f"- machine: {card['provenance']['device']} (load average {t['load_average_at_end'][0]:.1f} at the end: "
-              f"with other jobs running the times are longer), torch {card['provenance']['versions'].get('torch')}, "
+              f"- machine: {card['provenance']['device']}, load average {t['load_average_at_end'][0]:.1f} at the end "
+              f"(other jobs on the machine lengthen the times), torch {card['provenance']['versions'].get('torch')}, "
               f"commit {card['provenance']['git_commit']}",
               f"- command: `{card['provenance']['command']}`", ""]
     return "\n".join(lines)
