@@ -36,7 +36,7 @@ from torch import nn
 from utils import attacks, data
 from utils.config import PROFILES, SUPERVISED, notebook_parameters, output_dirs
 from utils.parallel import close_distributed, init_distributed, run_cached, world
-from utils.probe import accuracy, linear_classifiers
+from utils.probe import linear_classifiers
 from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device
 from utils.store import cached_json, points_digest, weights_digest
 
