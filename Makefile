@@ -22,8 +22,17 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	$(PY) -m utils.data --root data
 
+# `make reproduce PROFILE=paper SET="imagenet_root=/data/imagenet checkpoint_root=/data/ckpt"`: each word of SET is
+# passed on as `--set KEY=VALUE`. PROFILE=paper-mini generates its miniature inputs first (idempotent).
 reproduce: setup
-	$(PY) -m utils.pipeline --profile $(PROFILE)
+ifeq ($(PROFILE),paper-mini)
+	$(PY) -m utils.miniature --out data/paper-mini
+endif
+	$(PY) -m utils.pipeline --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+# The README quotes the cpu profile: its numbers are rewritten from the cpu tables (utils/readme.py).
+ifeq ($(PROFILE),cpu)
+	$(PY) -m utils.readme --profile $(PROFILE)
+endif
 
 test: setup
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from utils import attacks
 from utils.attacks import ATTACKS, apgd, apgd_ce, apgd_dlr, cw_loss, dlr_loss, fgsm, pgd, robust_accuracy
 from utils.data import load_fashion_mnist
+from utils.runtime import SEED_STREAM_BATCH, derive_seed
 from utils.models import FASHION_MEAN, FASHION_STD, Normalize
 
 from cnn_models import fit_cnn, small_cnn
@@ -342,6 +343,27 @@ def test_fold_batchnorm_is_the_same_function_without_batchnorm(bn_model, data):
     assert sum(isinstance(m, nn.BatchNorm2d) for m in bn_model.modules()) == 2
     assert all(torch.equal(v, bn_model.state_dict()[k]) for k, v in before.items())
     assert attacks.fold_batchnorm(small_cnn()) is None  # nothing to fold
+
+
+def test_a_sweep_folds_batchnorm_once_with_the_same_verdicts(bn_model, data, monkeypatch):
+    """A sweep attacks one model batch after batch: BatchNorm is folded once (a ResNet-50 takes ~2 s to fold on a
+    CPU), not per batch, and the verdicts are those of folding per batch."""
+    from utils.attacks import target as T
+    from utils.robustness import sharded_robust_accuracy
+
+    x, y = data[0][:96], data[1][:96]
+    calls = []
+    real = T.fold_batchnorm
+    monkeypatch.setattr(T, "fold_batchnorm", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(attacks, "fold_batchnorm", T.fold_batchnorm)
+    once = sharded_robust_accuracy(bn_model, x, y, eps_list=[0, 2 / 255, 8 / 255], steps=3, batch_size=32, seed=1)
+    assert len(calls) == 1
+    calls.clear()
+    per_batch = [robust_accuracy(bn_model, x[i:i + 32], y[i:i + 32], eps_list=[0, 2 / 255, 8 / 255], steps=3,
+                                 batch_size=32, seed=derive_seed(1, i // 32, SEED_STREAM_BATCH), check_monotonic=False)
+                 for i in range(0, 96, 32)]
+    assert len(calls) == 3
+    assert torch.equal(once.robust_mask, torch.cat([r.robust_mask for r in per_batch], 1))
 
 
 def test_folded_gradients_keep_float32_verdicts_of_the_model(bn_model, data):

@@ -321,7 +321,8 @@ def test_nothing_trained_here_means_the_official_files_under_checkpoint_root(tmp
     out = encoders.pretrained_encoders("paper", ["dino", "vicreg"], checkpoint_root=tmp_path,
                                        cache_dir=tmp_path / "cache", record=True)
     assert list(out) == ["dino", "vicreg"]
-    assert out["dino"][1] == {"method": "dino", "path": str(tmp_path / "dino_resnet50_pretrain.pth"), "from_cache": True}
+    assert out["dino"][1] == {"method": "dino", "path": str(tmp_path / "dino_resnet50_pretrain.pth"), "from_cache": True,
+                              "sha256_verified": True}
     assert out["vicreg"][1]["path"] == str(tmp_path / "vicreg_resnet50.safetensors")
     params01 = {"epochs": 0, "n_pretrain": 0, "checkpoint_root": str(tmp_path)}
     # later notebooks read the files notebook 01 recorded (with their sha256), not the profile's checkpoint_root

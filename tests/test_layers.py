@@ -20,7 +20,7 @@ ORDER = [
     # methods
     "ssl", "pretrain", "encoders", "probe", "dense",
     # studies and the runner
-    "robustness", "stats", "factors", "plots", "card", "pipeline",
+    "robustness", "stats", "factors", "plots", "card", "miniature", "preflight", "nbprogress", "pipeline", "readme",
 ]
 BASE = ORDER[:ORDER.index("attacks") + 1]
 

@@ -1,6 +1,5 @@
 """Results that survive: atomic writes, parameter-keyed caches, provenance, and errors that damage nothing."""
 import json
-import os
 
 import pandas as pd
 import pytest

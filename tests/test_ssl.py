@@ -21,6 +21,7 @@ from utils import encoders, pretrain, runtime, ssl
 from utils.augment import make_augment
 from utils.checkpoints import CheckpointNotFoundError
 from utils.config import AUGMENTATIONS, METHODS as PROFILE_METHODS, notebook_parameters, output_dirs
+from utils.data import sources
 from utils.models import build_encoder
 from utils.store import param_hash
 
@@ -415,8 +416,8 @@ def test_pretrained_encoders_trains_with_the_01_parameters_or_reads_official_fil
     assert list(out) == ["simclr", "dino"] and out["dino"][1] == {"method": "dino"}
     assert calls[0] == ("simclr", dict(arch=p01["arch"], n_pretrain=p01["n_pretrain"], epochs=3,
                                        batch_size=p01["batch_size"], lr=0.5, augmentations=p01["augmentations"],
-                                       seed=p01["seed"], data_root=p01["data_root"], cache_dir=tmp_path,
-                                       profile="smoke", progress=False))
+                                       seed=p01["seed"], task=p01["task"], sources=sources(p01),
+                                       cache_dir=tmp_path, profile="smoke", progress=False))
     calls.clear()  # defaults: the profile's own 01 parameters and cache
     encoders.pretrained_encoders("smoke", ["byol"], progress=True)
     assert calls[0][1]["epochs"] == notebook_parameters("smoke", "01")["epochs"] and calls[0][1]["progress"]

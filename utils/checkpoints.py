@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torchvision
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from utils.models import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from utils.models import (IMAGENET_MEAN, IMAGENET_STD, Encoder, ResNetTrunk, torchvision_resnet,
+                          use_tf_same_padding)
 from utils.store import atomic_save, file_sha256
 
 __all__ = [
@@ -483,57 +482,8 @@ def _key_error(path: Path, spec: CheckpointSpec, arch: str, obj, target, best: _
 # --------------------------------------------------------------------------------------------------------------------
 # The module returned.
 # --------------------------------------------------------------------------------------------------------------------
-class ResNetTrunk(nn.Module):
-    """A torchvision ResNet without its classifier.
-
-    Input: normalized images [N, 3, H, W]. forward -> pooled features [N, feat_dim] (feat_dim = 2048 for resnet50);
-    feature_map -> layer4 map [N, feat_dim, ~H/32, ~W/32]. The torchvision module is kept as `net` with fc = Identity.
-    """
-
-    def __init__(self, net: torchvision.models.ResNet):
-        super().__init__()
-        self.feat_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)  # the same ops as torchvision's forward
-
-
-def _use_tf_same_padding(net: nn.Module) -> None:
-    """Swap stride-2 convolutions (kernel > 1) and max-pools for TensorFlow "SAME" versions, in place: on even sizes
-    they pad 2/3 (left/right) instead of 3/3 for the 7x7 stem and 0/1 instead of 1/1 for 3x3 layers. Parameter names
-    and values are unchanged; stride-1 and 1x1 layers already pad the same way in both frameworks."""
-    from timm.layers import Conv2dSame
-    from timm.layers.pool2d_same import MaxPool2dSame
-
-    for name, mod in list(net.named_modules()):
-        if isinstance(mod, nn.Conv2d) and max(mod.stride) > 1 and max(mod.kernel_size) > 1:
-            new = Conv2dSame(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, 0, mod.dilation,
-                             mod.groups, mod.bias is not None, device=mod.weight.device, dtype=mod.weight.dtype)
-            new.load_state_dict(mod.state_dict(), assign=True)
-        elif isinstance(mod, nn.MaxPool2d):
-            new = MaxPool2dSame(mod.kernel_size, mod.stride, 0, mod.dilation, mod.ceil_mode)
-        else:
-            continue
-        parent, _, leaf = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, leaf, new)
-
-
-def _build_resnet(arch: str) -> torchvision.models.ResNet:
-    try:
-        with torch.device("meta"):  # shapes only: every tensor is assigned from the file (skips a random init)
-            net = torchvision.models.get_model(arch, weights=None)
-    except ValueError:
-        net = None
-    if not isinstance(net, torchvision.models.ResNet):
-        raise ValueError(f"arch={arch!r} is not a torchvision ResNet; the official checkpoints are 'resnet50'")
-    return net
+def _build_resnet(arch: str):
+    return torchvision_resnet(arch, meta=True)  # shapes only: every tensor is assigned from the file
 
 
 def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", *, sha256: str | bool | None = None,
@@ -583,7 +533,7 @@ def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", 
 
     same = spec.tf_same_padding if tf_same_padding is None else bool(tf_same_padding)
     if same:
-        _use_tf_same_padding(net)
+        use_tf_same_padding(net)
     state = {k: v.to(target[k].dtype).contiguous() for k, v in best.state.items()}  # e.g. from a half-precision file
     for key in target.keys() - state.keys():  # only optional counters can be absent (checked by _match)
         state[key] = torch.zeros_like(target[key], device="cpu")
@@ -592,6 +542,9 @@ def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", 
 
     model = Encoder(trunk, mean=spec.mean, std=spec.std, normalize=spec.mean is not None)
     model.method = spec.method
+    model.arch = arch
+    model.spec = {"arch": arch, "in_chans": 3, "mean": list(spec.mean or IMAGENET_MEAN),
+                  "std": list(spec.std or IMAGENET_STD), "normalize": spec.mean is not None, "tf_same_padding": same}
     model.checkpoint_info = {
         "method": spec.method, "path": str(path), "layout": best.layout.name, "sha256_checked": checked,
         "n_loaded": len(best.state), "n_dropped": len(best.dropped), "dropped": _preview(best.dropped, 5),

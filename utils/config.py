@@ -11,7 +11,10 @@ per knob from KEY_DOCS), written into the notebooks by `python -m utils.pipeline
 """
 from __future__ import annotations
 
+import ast
 import copy
+import json
+import operator
 import os
 from pathlib import Path
 
@@ -31,18 +34,28 @@ METRIC_PIXEL_ACC = "pixel_acc"
 
 _COMMON = {
     "seed": 0,
+    "device": "auto",
+    "task": "fashion_mnist",
+    "image_size": None,
     "data_root": "data",
-    "checkpoint_root": "checkpoints",  # paper profile: where the official ResNet-50 files lie
-    "device": "cpu",
+    "imagenet_root": None,
+    "transfer_root": None,
+    "voc_root": None,
+    "checkpoint_root": "checkpoints",  # where the official ResNet-50 files lie (used when 01 trains nothing)
+    "verify_sha256": True,
 }
+# The path parameters: each names a folder a user points at their own copy with `--set KEY=PATH`.
+PATH_KEYS = ("data_root", "imagenet_root", "transfer_root", "voc_root", "checkpoint_root")
+_CLASSIFICATION = ("seed", "device", "methods", "task", "image_size", "data_root", "imagenet_root", "transfer_root")
 
 # Which common knobs each notebook takes (only those it uses; a notebook not listed takes them all).
 NOTEBOOK_COMMON_KEYS: dict[str, tuple[str, ...]] = {
-    "01": ("seed", "data_root", "checkpoint_root", "device", "methods"),  # 01 alone loads the official checkpoints
-    "02": ("seed", "data_root", "device", "methods"),
-    "03": ("seed", "data_root", "device", "methods"),
-    "04": ("seed", "data_root", "device", "methods"),
-    "05": ("seed", "data_root", "device", "methods"),
+    "01": ("seed", "device", "methods", "task", "image_size", "data_root", "imagenet_root", "checkpoint_root",
+           "verify_sha256"),  # 01 alone loads the official checkpoints
+    "02": _CLASSIFICATION,
+    "03": _CLASSIFICATION,
+    "04": _CLASSIFICATION,
+    "05": ("seed", "device", "methods", "task", "data_root", "voc_root"),
 }
 
 PROFILES: dict[str, dict[str, dict]] = {
@@ -54,15 +67,16 @@ PROFILES: dict[str, dict[str, dict]] = {
         "03": {"n_attack": 128, "transfer_task": "digits", "eps_linf": [0, 2 / 255, 8 / 255, 64 / 255],
                "eps_l2": [0, 0.5, 2.0], "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
                "l2_attacks": ["pgd"], "steps": 3, "restarts": 1, "square_queries": 20, "n_targets": 3,
-               "n_ensemble": 64,
+               "n_ensemble": 64, "attack_batch": 256,
                "ref_eps": 2 / 255, "convergence_n": 32, "convergence_schedule": [[3, 1], [6, 1], [6, 2]],
                "n_show": 2, "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 256, "finetune_epochs": 1, "finetune_lr": 3e-4,
                "adv_epochs": 1, "adv_eps": 4 / 255, "adv_steps": 2, "n_attack": 128,
                "eps_linf": [0, 2 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 3,
-               "ablation_methods": ["simclr"], "n_ablation": 256, "ablation_epochs": 1,
+               "attack_batch": 256, "ablation_methods": ["simclr"], "n_ablation": 256, "ablation_epochs": 1,
+               "ablation_lr": 1e-3, "ablation_batch_size": 128,
                "archs": ["resnet_micro", "resnet_tiny"], "epoch_checkpoints": [1, 2], "batch_sizes": [32, 64, 128]},
-        "05": {"dataset": "fashion_scenes", "voc_root": None, "canvas": 64, "max_items": 4, "n_train_scenes": 64,
+        "05": {"dataset": "fashion_scenes", "canvas": 64, "max_items": 4, "n_train_scenes": 64,
                "n_test_scenes": 16, "det_epochs": 1, "seg_epochs": 1, "head_lr": 2e-3, "eps_linf": [0, 8 / 255],
                "steps": 2, "batch_size": 16},
     },
@@ -75,20 +89,23 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
                "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd"],
                "steps": 10, "restarts": 1, "square_queries": 500, "n_targets": 3, "n_ensemble": 100,
+               "attack_batch": 256,
                "ref_eps": 4 / 255,
                "convergence_n": 100, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]], "n_show": 2,
                "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 5000, "finetune_epochs": 2, "finetune_lr": 3e-4,
-               "adv_epochs": 2, "adv_eps": 4 / 255, "adv_steps": 3, "n_attack": 1000,
+               "adv_epochs": 2, "adv_eps": 4 / 255, "adv_steps": 3, "n_attack": 1000, "attack_batch": 256,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "ref_eps": 2 / 255, "steps": 10,
                "ablation_methods": ["simclr", "barlowtwins"], "n_ablation": 5000, "ablation_epochs": 2,
+               "ablation_lr": 5e-3, "ablation_batch_size": 64,
                "archs": ["resnet_tiny", "resnet_small"], "epoch_checkpoints": [1, 2, 4], "batch_sizes": [64, 128, 256]},
-        "05": {"dataset": "fashion_scenes", "voc_root": None, "canvas": 64, "max_items": 4, "n_train_scenes": 1000,
+        "05": {"dataset": "fashion_scenes", "canvas": 64, "max_items": 4, "n_train_scenes": 1000,
                "n_test_scenes": 128, "det_epochs": 4, "seg_epochs": 6, "head_lr": 2e-3,
                "eps_linf": [0, 2 / 255, 4 / 255, 8 / 255], "steps": 5, "batch_size": 32},
     },
     "paper": {
-        "common": {**_COMMON, "methods": METHODS, "device": "cuda", "data_root": "/datasets/imagenet",
+        "common": {**_COMMON, "methods": METHODS, "task": "imagenet", "image_size": 224,
+                   "imagenet_root": "/datasets/imagenet", "transfer_root": "/datasets/cifar", "voc_root": "/datasets/voc",
                    "checkpoint_root": "/checkpoints"},
         "01": {"arch": "resnet50", "n_pretrain": 0, "epochs": 0, "batch_size": 256, "lr": 0.0,
                "augmentations": AUGMENTATIONS, "n_probe_train": 50000, "n_probe_test": 10000},
@@ -97,32 +114,119 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
                "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
                "l2_attacks": ["pgd", "apgd-ce"], "steps": 100, "restarts": 5, "square_queries": 5000, "n_targets": 9,
-               "n_ensemble": 5000,
+               "n_ensemble": 5000, "attack_batch": 256,
                "ref_eps": 4 / 255, "convergence_n": 1000, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]],
                "n_show": 2, "n_teach": 100, "teach_eps": 4 / 255, "teach_steps": 10},
         "04": {"transfer_task": "cifar10", "n_finetune": 100000, "finetune_epochs": 20, "finetune_lr": 1e-4,
-               "adv_epochs": 10, "adv_eps": 4 / 255, "adv_steps": 10, "n_attack": 2000,
+               "adv_epochs": 10, "adv_eps": 4 / 255, "adv_steps": 10, "n_attack": 2000, "attack_batch": 256,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 50,
-               "ablation_methods": ["mocov2", "dino"], "n_ablation": 100000, "ablation_epochs": 100,
-               "archs": ["resnet50", "vit_small_patch16_224"], "epoch_checkpoints": [100, 200, 800],
-               "batch_sizes": [256, 1024, 4096]},
-        "05": {"dataset": "voc", "voc_root": "/datasets/voc", "canvas": 512, "max_items": 4, "n_train_scenes": 0,
+               "ablation_methods": ["mocov2", "dino"], "n_ablation": 50000, "ablation_epochs": 20,
+               "ablation_lr": 2e-3, "ablation_batch_size": 256,
+               "archs": ["resnet18", "resnet50"], "epoch_checkpoints": [5, 10, 20], "batch_sizes": [256, 512, 1024]},
+        "05": {"dataset": "voc", "canvas": 512, "max_items": 4, "n_train_scenes": 0,
                "n_test_scenes": 0, "det_epochs": 20, "seg_epochs": 20, "head_lr": 1e-3,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "steps": 20, "batch_size": 8},
     },
 }
 
+# `paper-mini`: the `paper` code path (official checkpoints in their layouts, an ImageNet-style folder, CIFAR's files,
+# Pascal VOC) on a miniature of those inputs that `python -m utils.miniature` generates under data/paper-mini/, at
+# sizes that run on a 2-core CPU in minutes. Only numbers and folders differ from `paper`; tests run its whole chain.
+MINIATURE_ROOT = "data/paper-mini"
+PROFILES["paper-mini"] = {
+    "common": {**PROFILES["paper"]["common"], "image_size": 32, "verify_sha256": False,
+               "imagenet_root": f"{MINIATURE_ROOT}/imagenet", "transfer_root": f"{MINIATURE_ROOT}/cifar",
+               "voc_root": f"{MINIATURE_ROOT}/voc", "checkpoint_root": f"{MINIATURE_ROOT}/checkpoints"},
+    "01": {**PROFILES["paper"]["01"], "batch_size": 16, "n_probe_train": 64, "n_probe_test": 32},
+    "02": {"n_probe_train": 96, "n_test": 24, "probe_epochs": 20, "transfer_task": "cifar10"},
+    "03": {"n_attack": 24, "transfer_task": "cifar10", "eps_linf": [0, 2 / 255, 8 / 255], "eps_l2": [0, 0.5],
+           "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd", "apgd-ce"],
+           "steps": 2, "restarts": 1, "square_queries": 10, "n_targets": 2, "n_ensemble": 12, "attack_batch": 8,
+           "ref_eps": 2 / 255,
+           "convergence_n": 12, "convergence_schedule": [[2, 1], [4, 1], [4, 2]], "n_show": 2, "n_teach": 16,
+           "teach_eps": 8 / 255, "teach_steps": 3},
+    "04": {"transfer_task": "cifar10", "n_finetune": 48, "finetune_epochs": 1, "finetune_lr": 1e-4, "adv_epochs": 1,
+           "adv_eps": 4 / 255, "adv_steps": 1, "n_attack": 24, "attack_batch": 8, "eps_linf": [0, 2 / 255, 8 / 255],
+           "ref_eps": 2 / 255, "steps": 2, "ablation_methods": ["simclr"], "n_ablation": 64, "ablation_epochs": 2,
+           "ablation_lr": 1e-3,
+           "ablation_batch_size": 32, "archs": ["resnet_micro", "resnet18"], "epoch_checkpoints": [1, 2],
+           "batch_sizes": [16, 32]},
+    "05": {"dataset": "voc", "canvas": 64, "max_items": 4, "n_train_scenes": 0, "n_test_scenes": 0, "det_epochs": 1,
+           "seg_epochs": 1, "head_lr": 1e-3, "eps_linf": [0, 8 / 255], "steps": 2, "batch_size": 8},
+}
+
 DEFAULT_PROFILE = "cpu"
 
 
-def notebook_parameters(profile: str, notebook: str) -> dict:
-    """Parameters to inject into notebook `notebook` ("01".."05") for `profile`; includes `profile` itself."""
+# `python -m utils.pipeline --set KEY=VALUE`: the runner puts the overrides here (JSON) for itself and the notebook
+# kernels it starts, so the runner's fingerprints, the injected parameters and `notebook_setup` agree on them.
+SET_ENV = "SSL_ADV_SET"
+
+
+def profile_keys(profile: str) -> list[str]:
+    """Every knob some notebook of `profile` takes, sorted."""
+    p = PROFILES[profile]
+    keys = {k for nb, ks in NOTEBOOK_COMMON_KEYS.items() for k in ks} | {k for nb in p if nb != "common" for k in p[nb]}
+    return sorted(keys)
+
+
+def check_overrides(profile: str, overrides: dict) -> None:
+    """ValueError naming every key of `overrides` that no notebook of `profile` takes, with the keys there are."""
+    unknown = sorted(set(overrides) - set(profile_keys(profile)))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for profile {profile!r}; the parameters are: "
+                         f"{', '.join(profile_keys(profile))}")
+
+
+def overrides_from_env() -> dict:
+    """The `--set` overrides of the chain run this process belongs to ({} outside one)."""
+    raw = os.environ.get(SET_ENV)
+    return json.loads(raw) if raw else {}
+
+
+_SAFE_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+             ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _literal(node):
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.BinOp) and type(node.op) in _SAFE_OPS:
+        return _SAFE_OPS[type(node.op)](_literal(node.left), _literal(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _SAFE_OPS:
+        return _SAFE_OPS[type(node.op)](_literal(node.operand))
+    raise ValueError("not a literal")
+
+
+def parse_set(items: list[str]) -> dict:
+    """`["KEY=VALUE", ...]` as {key: value}: VALUE read as a Python literal where it is one (numbers, `8 / 255`,
+    lists, None, True), else kept as a string (a path)."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set imagenet_root=/data/imagenet")
+        try:
+            out[key.strip()] = _literal(ast.parse(text.strip(), mode="eval").body)
+        except (SyntaxError, ValueError):
+            out[key.strip()] = text.strip()
+    return out
+
+
+def notebook_parameters(profile: str, notebook: str, overrides: dict | None = None) -> dict:
+    """Parameters to inject into notebook `notebook` ("01".."05") for `profile`, with `overrides` (default: the
+    chain run's `--set` values, `overrides_from_env()`) applied to the knobs this notebook takes; includes
+    `profile` itself."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     p = PROFILES[profile]
     common = NOTEBOOK_COMMON_KEYS.get(notebook, tuple(p["common"]))
     params = {"profile": profile, **{k: copy.deepcopy(p["common"][k]) for k in common},
               **copy.deepcopy(p.get(notebook, {}))}
+    overrides = overrides_from_env() if overrides is None else overrides
+    params.update({k: copy.deepcopy(v) for k, v in overrides.items() if k in params and k != "profile"})
     return params
 
 
@@ -182,12 +286,18 @@ def output_dirs(profile: str, root: str | os.PathLike | None = None) -> dict[str
 
 # Every knob of every profile: its unit and meaning (one line each; shown by `describe` and in the notebooks).
 KEY_DOCS: dict[str, str] = {
-    "profile": "which parameter set: smoke (tests), cpu (a laptop), paper (ImageNet, GPUs)",
+    "profile": "parameter set: smoke (tests), cpu (a laptop), paper (ImageNet, GPUs), paper-mini (paper's code, tiny)",
     "progress": "show progress bars (bool)",
     "seed": "master random seed (int); every job derives its own seed from it",
-    "data_root": "folder holding FashionMNIST/raw (smoke, cpu) or the ImageNet folder (paper)",
-    "checkpoint_root": "folder holding the official ResNet-50 checkpoint files (paper)",
-    "device": "where models run: cpu, cuda or cuda:N",
+    "data_root": "folder holding FashionMNIST/raw/ (made by `make setup`)",
+    "imagenet_root": "folder holding the ImageNet-style train/ and val/ class folders (task imagenet); None if unused",
+    "transfer_root": "folder holding cifar-10-batches-py/ and cifar-100-python/ (tasks cifar10, cifar100)",
+    "voc_root": "folder holding VOCdevkit/VOC2012 (dataset voc); None if unused",
+    "checkpoint_root": "folder holding the official ResNet-50 checkpoint files (used when 01 trains nothing)",
+    "verify_sha256": "check each official checkpoint's sha256 against the registry before reading it (bool)",
+    "task": "in-domain classification task: fashion_mnist (smoke, cpu) or imagenet (paper)",
+    "image_size": "side in pixels ImageNet images are centre-cropped and CIFAR resized to; None = native size",
+    "device": "where models run: auto (cuda when present), cpu, cuda or cuda:N",
     "methods": "encoders compared: the supervised baseline and the seven SSL methods",
     "arch": "encoder architecture (resnet_micro/tiny/small trained here, resnet50 loaded)",
     "n_pretrain": "images used for pretraining (count; 0 = none, official checkpoints)",
@@ -210,6 +320,7 @@ KEY_DOCS: dict[str, str] = {
     "square_queries": "model queries the ensemble's black-box Square may spend per point (AutoAttack: 5000)",
     "n_targets": "target classes of the ensemble's APGD-T and FAB-T (AutoAttack: 9)",
     "n_ensemble": "points of each task the full AutoAttack ensemble attacks (count; the first ones)",
+    "attack_batch": "points per attack batch: each draws its own random starts, and torchrun ranks share batches",
     "convergence_n": "points of each task the convergence check attacks (count)",
     "convergence_schedule": "[steps, restarts] budgets of the convergence check, increasing",
     "n_show": "adversarial examples drawn per model",
@@ -226,11 +337,12 @@ KEY_DOCS: dict[str, str] = {
     "ablation_methods": "methods retrained for the four-factor ablation",
     "n_ablation": "pretraining (and probe) images of each ablation run (count)",
     "ablation_epochs": "pretraining epochs of the ablation's base run",
+    "ablation_lr": "peak learning rate of the ablation's pretraining runs (AdamW, warm-up then cosine)",
+    "ablation_batch_size": "batch size of the ablation's base run (the batch-size factor varies it)",
     "archs": "architecture levels of the ablation (first = base)",
     "epoch_checkpoints": "training-length levels: snapshots after these epochs of one run",
     "batch_sizes": "batch-size levels of the ablation",
     "dataset": "dense-task data: fashion_scenes (generated) or voc (Pascal VOC)",
-    "voc_root": "folder holding VOCdevkit/ (paper); None elsewhere",
     "canvas": "side of a dense-task image in pixels",
     "max_items": "most Fashion-MNIST items per generated scene",
     "n_train_scenes": "scenes the dense heads are trained on (count; 0 = all)",

@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from utils.config import repo_path
 from utils.store import quarantine, text_digest
@@ -201,54 +205,227 @@ def load_digits_28(split: str = "train", n: int | None = None, seed: int = 0,
     return x[part], y[part]
 
 
-def load_image_folder(root: str | os.PathLike, size: int = 224, param: str = "data_root"):
-    """An ImageFolder (ImageNet layout) as a Dataset of ([3,size,size] in [0,1], label); never downloads."""
-    from torchvision import datasets, transforms
+# --------------------------------------------------------------------------------------------------------------------
+# Classification tasks by name. Which one a notebook runs is a parameter (`task`, `transfer_task`); the files are
+# found through the path parameters (`data_root`, `imagenet_root`, `transfer_root`), so no notebook names a dataset.
+# --------------------------------------------------------------------------------------------------------------------
+DIGITS_CLASSES = [str(d) for d in range(10)]
+# Pixel statistics an encoder trained on a task normalizes with: Fashion-MNIST's train split; ImageNet's.
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_FILES = {"cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+                           "meta": "batches.meta"},
+               "cifar100": {"train": ["train"], "test": ["test"], "meta": "meta"}}
+# The path parameter each task reads its files from (None: shipped with the suite's packages).
+SOURCE_KEYS = ("data_root", "imagenet_root", "transfer_root", "image_size")
 
-    root = repo_path(root)
-    if not root.is_dir():
-        raise DataMissingError(f"image folder {root} does not exist: set the parameter `{param}` to the folder that "
-                               f"holds one sub-folder per class (ImageNet layout).")
-    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
-                             transforms.ToTensor()])
-    return datasets.ImageFolder(str(root), transform=tf)
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a classification task is: its channels, the pixel statistics an encoder trained on it normalizes with,
+    the parameter naming its folder, and the layout expected there."""
+
+    name: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    root_key: str | None
+    layout: str
 
 
-def load_torchvision_set(name: str, root: str | os.PathLike, split: str = "train", size: int = 224):
-    """CIFAR-10/100 and other torchvision classification sets from a local root (download=False), images in [0,1]."""
-    from torchvision import datasets, transforms
+TASKS: dict[str, TaskInfo] = {
+    "fashion_mnist": TaskInfo("fashion_mnist", 1, FASHION_MEAN, FASHION_STD, "data_root",
+                              "<data_root>/FashionMNIST/raw/ (made by `make setup`)"),
+    "digits": TaskInfo("digits", 1, FASHION_MEAN, FASHION_STD, None, "scikit-learn's 8x8 digits (installed)"),
+    "imagenet": TaskInfo("imagenet", 3, IMAGENET_MEAN, IMAGENET_STD, "imagenet_root",
+                         "<imagenet_root>/train/<class>/*.JPEG and <imagenet_root>/val/<class>/*.JPEG (ImageFolder)"),
+    "cifar10": TaskInfo("cifar10", 3, IMAGENET_MEAN, IMAGENET_STD, "transfer_root",
+                        "<transfer_root>/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
+    "cifar100": TaskInfo("cifar100", 3, IMAGENET_MEAN, IMAGENET_STD, "transfer_root",
+                         "<transfer_root>/cifar-100-python/ (train, test, meta)"),
+}
 
-    classes = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
-    if name not in classes:
-        raise ValueError(f"unknown transfer set {name!r}; choose one of {sorted(classes)} or 'digits'")
-    tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+
+def task_info(task: str) -> TaskInfo:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def sources(params: dict) -> dict:
+    """The path and size parameters among `params` that the task loaders take (`SOURCE_KEYS`)."""
+    return {k: params[k] for k in SOURCE_KEYS if k in params}
+
+
+def _root(task: str, roots: dict) -> Path:
+    info = task_info(task)
+    value = roots.get(info.root_key)
+    if not value:
+        raise DataMissingError(f"task {task!r} needs the parameter `{info.root_key}`: set it to the folder laid out "
+                               f"as {info.layout} (e.g. `--set {info.root_key}=/path`)")
+    return repo_path(value)
+
+
+def task_problems(task: str, **roots) -> list[str]:
+    """What is missing for `task` under the given roots (empty when its files are all there); nothing is read."""
+    info = task_info(task)
+    if info.root_key is None:
+        return []
     try:
-        return classes[name](str(repo_path(root)), train=(split == "train"), download=False, transform=tf)
-    except RuntimeError as e:
-        raise DataMissingError(f"{name} not found under {root}: set `data_root` to a folder holding it "
-                               f"(torchvision layout); nothing is downloaded at run time. ({e})") from e
+        root = _root(task, roots)
+    except DataMissingError as e:
+        return [str(e)]
+    if task == "fashion_mnist":
+        return [f"{p}: {why}" for p, why in raw_problems(root).items()]
+    if not root.is_dir():
+        return [f"{root}: missing ({info.root_key} of task {task}; layout {info.layout})"]
+    if task == "imagenet":
+        return [f"{root / s}: missing (layout {info.layout})" for s in ("train", "val") if not (root / s).is_dir()]
+    folder = root / CIFAR_DIRS[task]
+    if not folder.is_dir():
+        return [f"{folder}: missing (layout {info.layout})"]
+    files = [*CIFAR_FILES[task]["train"], *CIFAR_FILES[task]["test"], CIFAR_FILES[task]["meta"]]
+    return [f"{folder / f}: missing (layout {info.layout})" for f in files if not (folder / f).is_file()]
 
 
-def load_classification(task: str, split: str, *, data_root: str = "data", n: int | None = None, seed: int = 0):
-    """Uniform entry for the notebooks: `task` in {fashion_mnist, digits} returns tensors (x, y)."""
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickles without running code: only numpy arrays and plain containers may be rebuilt."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR file holds arrays, lists and bytes only")
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataCorruptError(f"{path} is not a CIFAR pickle ({e}): copy the file again from the official archive")
+    if not isinstance(obj, dict):
+        raise DataCorruptError(f"{path} holds a {type(obj).__name__}, not CIFAR's dict")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_cifar(task: str, split: str, transfer_root: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 from its own python-pickle files (the official archive, as torchvision lays it out), checked by
+    format and size instead of torchvision's md5 (which rejects any copy that is not byte-identical): uint8 images
+    [N, 3, 32, 32] and int64 labels [N]."""
+    folder = _root(task, {"transfer_root": transfer_root}) / CIFAR_DIRS[task]
+    label_key = "labels" if task == "cifar10" else "fine_labels"
+    n_classes = 10 if task == "cifar10" else 100
+    xs, ys = [], []
+    for name in CIFAR_FILES[task][split]:
+        path = folder / name
+        if not path.is_file():
+            raise DataMissingError(f"{path} is missing: set `transfer_root` to the folder holding {CIFAR_DIRS[task]}/ "
+                                   f"(the official archive unpacked; nothing is downloaded at run time)")
+        d = _read_pickle(path)
+        x, y = np.asarray(d.get("data")), np.asarray(d.get(label_key, []), dtype=np.int64)
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+            raise DataCorruptError(f"{path}: data {x.dtype} {x.shape} with {len(y)} labels; CIFAR holds uint8 rows of "
+                                   f"3072 values (32x32 RGB planes), one label each")
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise DataCorruptError(f"{path}: labels outside 0..{n_classes - 1}")
+        xs.append(x.reshape(-1, 3, 32, 32))
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _image_folder(root: Path, split: str, size: int):
+    from torchvision import datasets, transforms
+
+    folder = root / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise DataMissingError(f"{folder} does not exist: `imagenet_root` must hold train/ and val/, one sub-folder "
+                               f"per class (see README, 'Running the study on ImageNet')")
+    # the official evaluation: resize the short side to 256/224 of the crop, centre crop; RGB (grayscale and CMYK
+    # JPEGs are converted by ImageFolder's loader); uint8, normalization is a layer inside each model
+    tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+                             transforms.PILToTensor()])
+    return datasets.ImageFolder(str(folder), transform=tf)
+
+
+def _decode(dataset, idx: torch.Tensor, *, workers: int | None = None, progress: bool = False) -> torch.Tensor:
+    """The images `idx` of a Dataset of uint8 tensors, decoded by DataLoader workers into one uint8 tensor."""
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=64, num_workers=workers if len(idx) > 256 else 0)
+    parts = []
+    for x, _ in tqdm(loader, desc="decoding images", disable=not progress, mininterval=5, leave=False):
+        parts.append(x)
+    return torch.cat(parts)
+
+
+def class_names(task: str, **roots) -> list[str]:
+    """The class names of `task`, in label order (ImageNet: the class folder names)."""
+    if task == "fashion_mnist":
+        return list(FASHION_CLASSES)
+    if task == "digits":
+        return list(DIGITS_CLASSES)
+    root = _root(task, roots)
+    if task == "imagenet":
+        folder = root / "train"
+        if not folder.is_dir():
+            raise DataMissingError(f"{folder} does not exist (`imagenet_root` must hold train/ and val/)")
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    meta = _read_pickle(root / CIFAR_DIRS[task] / CIFAR_FILES[task]["meta"])
+    names = meta.get("label_names") or meta.get("fine_label_names") or []
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def load_classification(task: str, split: str, *, data_root: str = "data", imagenet_root: str | None = None,
+                        transfer_root: str | None = None, image_size: int | None = None, n: int | None = None,
+                        seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split ("train" or "test"; ImageNet's "test" is its val folder) of a classification task by name, as
+    (x float32 [N, C, H, W] in [0, 1], y int64 [N]); `n` points chosen by `seed` (`subset_indices`: a larger `n`
+    holds a smaller one). `image_size`: ImageNet is resized and centre-cropped to it (224 in `paper`), CIFAR resized
+    to it; None keeps the native size (Fashion-MNIST and digits always keep 28x28)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    info = task_info(task)
+    roots = {"data_root": data_root, "imagenet_root": imagenet_root, "transfer_root": transfer_root}
     if task == "fashion_mnist":
         return load_fashion_mnist(data_root, split, n, seed)
     if task == "digits":
         return load_digits_28(split, n, seed)
-    raise ValueError(f"task {task!r} has no tensor loader; use load_image_folder/load_torchvision_set for `paper`")
+    if task == "imagenet":
+        ds = _image_folder(_root(task, roots), split, int(image_size or 224))
+        if split == "test" and ds.classes != class_names(task, **roots):
+            raise DataCorruptError(f"{_root(task, roots)}: val/ and train/ hold different class folders, so labels "
+                                   f"would not match; give both the same class folders")
+        idx = subset_indices(len(ds), n, seed)
+        x = _decode(ds, idx, progress=progress)
+        y = torch.tensor([ds.targets[int(i)] for i in idx], dtype=torch.int64)
+    else:
+        x, y = read_cifar(task, split, transfer_root)
+        idx = subset_indices(len(y), n, seed)
+        x, y = x[idx], y[idx]
+        if image_size and int(image_size) != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x.float(), size=(int(image_size),) * 2, mode="bilinear",
+                                                antialias=True, align_corners=False).round_().clamp_(0, 255)
+    assert x.shape[1] == info.channels
+    return x.float().div_(255.0), y
 
 
-def classification_task(task: str, *, data_root: str = "data", n_train: int | None = None, n_test: int | None = None,
-                        seed: int = 0) -> dict:
-    """Train and test tensors of a classification task: {"x_train","y_train","x_test","y_test","n_classes","task"}.
+def classification_task(task: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+                        progress: bool = False, **roots) -> dict:
+    """Train and test tensors of a classification task: {"x_train","y_train","x_test","y_test","n_classes","task",
+    "classes"}; `roots`: the path parameters and `image_size` (`sources(params)`).
 
     The test subset is the first `n_test` points of a seeded permutation, so a notebook that attacks fewer points
     attacks a prefix-compatible subset of the points the probe was scored on.
     """
-    x_tr, y_tr = load_classification(task, "train", data_root=data_root, n=n_train, seed=seed)
-    x_te, y_te = load_classification(task, "test", data_root=data_root, n=n_test, seed=seed)
+    x_tr, y_tr = load_classification(task, "train", n=n_train, seed=seed, progress=progress, **roots)
+    x_te, y_te = load_classification(task, "test", n=n_test, seed=seed, progress=progress, **roots)
+    classes = class_names(task, **roots)
     return {"task": task, "x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
-            "n_classes": int(max(y_tr.max(), y_te.max())) + 1}
+            "n_classes": max(len(classes), int(max(y_tr.max(), y_te.max())) + 1), "classes": classes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from utils.attacks import RISES_WITH_EPS, pgd_objective
 from utils.config import DENSE_REGIME, METRIC_MAP, METRIC_MIOU, METRIC_PIXEL_ACC
-from utils.parallel import local_workers, map_jobs
+from utils.parallel import job_threads, local_workers, map_jobs
 from utils.probe import extract_features
-from utils.runtime import autocast, batches, model_device, warmup_cosine
+from utils.runtime import SEED_STREAM_BATCH, autocast, batches, derive_seed, model_device, warmup_cosine
 from utils.scenes import Scenes
 from utils.store import TIDY_COLUMNS
 
@@ -340,7 +340,8 @@ def evaluate_detection(model, scenes: Scenes, eps_list: Sequence[float], *, step
             x = scenes.image_batch(idx).to(device)
             targets = scenes.targets(idx.tolist())
             dev_t = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            x_adv = attack_detection(model, x, dev_t, eps, steps, amp=amp, seed=seed + b, flags=flags)
+            x_adv = attack_detection(model, x, dev_t, eps, steps, amp=amp,
+                                     seed=derive_seed(seed, b, SEED_STREAM_BATCH), flags=flags)
             metric.update(predict_boxes(model, x_adv), targets)
         rows.append(_row("detection", "pgd", eps, steps, METRIC_MAP, metric.compute()["map"], len(scenes), flags))
     return rows
@@ -361,7 +362,7 @@ def evaluate_segmentation(model: Segmenter, scenes: Scenes, eps_list: Sequence[f
             for b, idx in enumerate(batches(len(scenes), batch_size)):
                 x, m = scenes.image_batch(idx).to(device), scenes.masks[idx].to(device)
                 x_adv = attack_segmentation(model, x, m, eps, steps, attack=attack, ignore_index=scenes.ignore_index,
-                                            amp=amp, seed=seed + b, flags=flags)
+                                            amp=amp, seed=derive_seed(seed, b, SEED_STREAM_BATCH), flags=flags)
                 pred = predict_masks(model, x_adv)
                 miou.update(pred, scenes.masks[idx])
                 pacc.update(pred, scenes.masks[idx])
@@ -389,7 +390,9 @@ def run_dense(encoder: nn.Module, train: tuple[Scenes, Scenes], test: tuple[Scen
     """The one recipe for every encoder: train an FCOS head and an FCN head on the frozen encoder (features computed
     once in float32; heads trained under bfloat16 autocast when `amp`, losses in float32), then evaluate both over
     the eps grid (detection: PGD; segmentation: PGD and SegPGD). `train`/`test` are (detection scenes,
-    segmentation scenes) pairs as `load_dense_data` returns them. `seconds` holds the wall time of each part."""
+    segmentation scenes) pairs as `load_dense_data` returns them. `seconds` holds the wall time of each part.
+    Random numbers: the heads' initialization and shuffles from `seed`, the random start of test batch b from
+    `derive_seed(seed, b, SEED_STREAM_BATCH)`; the same for every encoder (encoders compared on the same draws)."""
     sec = {}
     (det_train, seg_train), (det_test, seg_test) = train, test
     t0 = time.perf_counter()
@@ -443,12 +446,14 @@ def run_dense_all(encoders: dict[str, nn.Module], train: tuple[Scenes, Scenes], 
                   head_lr: float = 2e-3, seed: int = 0, device: str = "cpu", amp: bool = True,
                   progress: bool = False) -> tuple[dict[str, DenseRun], list[dict]]:
     """`run_dense` for every encoder {method: encoder}, one job per encoder spread over worker processes on a CPU
-    (`utils.parallel`; each job seeds itself, so the numbers do not depend on the workers). Returns
+    (`utils.parallel`; each job seeds itself and runs with `job_threads(device)` threads in any process, so the
+    numbers do not depend on the worker count). Returns
     ({method: DenseRun}, tidy rows of all encoders)."""
     jobs = [dict(encoder=encoder, train=train, test=test, det_epochs=det_epochs, seg_epochs=seg_epochs,
                  eps_linf=eps_linf, steps=steps, batch_size=batch_size, head_lr=head_lr, seed=seed, device=device,
                  amp=amp) for encoder in encoders.values()]
-    done = map_jobs(run_dense, jobs, workers=local_workers(device, len(jobs)), desc="dense tasks", progress=progress)
+    done = map_jobs(run_dense, jobs, workers=local_workers(device, len(jobs)), threads=job_threads(device),
+                    desc="dense tasks", progress=progress)
     runs = dict(zip(encoders, done))
     return runs, [row for method, run in runs.items() for row in tidy_rows(run.rows, method)]
 

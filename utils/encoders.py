@@ -20,6 +20,7 @@ from torch import nn
 
 from utils.checkpoints import checkpoint_path, load_backbone
 from utils.config import notebook_parameters, output_dirs
+from utils.data import sources
 from utils.pretrain import pretrain_or_load
 from utils.store import CorruptFileError, atomic_write_json, file_sha256, read_json_checked
 
@@ -55,14 +56,20 @@ def pretrained_encoders(profile: str, methods: Sequence[str], *, params01: dict 
     cache_dir = cache_dir if cache_dir is not None else output_dirs(profile)["cache_dir"]
     if uses_official_checkpoints(p):
         root = checkpoint_root if checkpoint_root is not None else p["checkpoint_root"]
+        verify = bool(p.get("verify_sha256", True))
+        if not verify:
+            print("verify_sha256 is False: the checkpoints' sha256 is NOT checked against the registry (recorded in "
+                  "the manifest and the provenance)")
         out = {}
         for m in methods:
             path = checkpoint_path(m, root)
-            out[m] = (load_backbone(m, path), {"method": m, "path": str(path), "from_cache": True})
+            out[m] = (load_backbone(m, path, sha256=None if verify else False),
+                      {"method": m, "path": str(path), "from_cache": True, "sha256_verified": verify})
     else:
         out = {m: pretrain_or_load(m, arch=p["arch"], n_pretrain=p["n_pretrain"], epochs=p["epochs"],
                                    batch_size=p["batch_size"], lr=p["lr"], augmentations=p["augmentations"],
-                                   seed=p["seed"], data_root=p["data_root"], cache_dir=cache_dir, profile=profile,
+                                   seed=p["seed"], task=p.get("task", "fashion_mnist"), sources=sources(p),
+                                   cache_dir=cache_dir, profile=profile,
                                    progress=progress)
                for m in methods}
     if record:

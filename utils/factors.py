@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from utils import attacks
-from utils.parallel import local_workers, map_jobs
+from utils.parallel import job_threads, local_workers, map_jobs
 from utils.pretrain import load_epoch_checkpoint, pretrain_or_load
 from utils.probe import linear_probe
 from utils.store import param_hash
@@ -47,7 +47,8 @@ def run_factor_ablation(methods: list[str], levels: list[Level], base: dict, *, 
     """For each method and level: pretrain (or load), probe, then PGD L-inf at `ref_eps` (`steps` steps, 1 restart).
 
     `base`: pretraining parameters shared by all levels (arch, n_pretrain, epochs, batch_size, lr, augmentations,
-    seed, data_root); `probe_data`: a `utils.data.classification_task` dict; `attack_points`: (x, y) test points.
+    seed, task, sources: the task's path parameters); `probe_data`: a `utils.data.classification_task` dict;
+    `attack_points`: (x, y) test points.
     Two phases, each spread over worker processes on a CPU: the distinct pretraining runs (levels that share a run,
     such as the base run or the snapshots of one long run, train it once), then one probe + attack per level.
     Returns a DataFrame with the tidy columns of notebook 03 (model, regime, task, attack, norm, eps, steps, restarts,
@@ -60,14 +61,14 @@ def run_factor_ablation(methods: list[str], levels: list[Level], base: dict, *, 
             jobs.append((m, lv, params, param_hash({"method": m, **params})))
     runs = {run: {"method": m, **params} for m, _, params, run in jobs}  # levels sharing a run train it once
     trained = map_jobs(_pretrain, [{"job": job, "cache_dir": cache_dir} for job in runs.values()],
-                       workers=local_workers(device, len(runs)), desc="factor ablation: pretraining",
-                       progress=progress)
+                       workers=local_workers(device, len(runs)), threads=job_threads(device),
+                       desc="factor ablation: pretraining", progress=progress)
     wall = dict(zip(runs, trained))
     level_jobs = [dict(method=m, level=lv, params=params, cache_dir=cache_dir, probe_data=probe_data,
                        attack_points=attack_points, ref_eps=ref_eps, steps=steps, probe_iters=probe_iters, seed=seed,
                        device=device, pretrain_s=wall[run]) for m, lv, params, run in jobs]
     rows = map_jobs(_level_row, level_jobs, workers=local_workers(device, len(level_jobs)),
-                    desc="factor ablation: probe + attack", progress=progress)
+                    threads=job_threads(device), desc="factor ablation: probe + attack", progress=progress)
     return pd.DataFrame(rows)
 
 
@@ -83,7 +84,7 @@ def _level_row(*, method: str, level: Level, params: dict, cache_dir: str, probe
     """One level of one method: its encoder from the cache, a linear probe, PGD L-inf at 0 and `ref_eps`."""
     encoder, _ = pretrain_or_load(method, **params, cache_dir=cache_dir, progress=False)
     if level.snapshot_epoch is not None and level.snapshot_epoch != params["epochs"]:
-        snap_params = {k: v for k, v in params.items() if k not in ("keep_epochs", "data_root")}
+        snap_params = {k: v for k, v in params.items() if k != "keep_epochs"}
         encoder = load_epoch_checkpoint(method, level.snapshot_epoch, **snap_params, cache_dir=cache_dir)
     clf = linear_probe(encoder, probe_data["x_train"], probe_data["y_train"], probe_data["n_classes"],
                        iters=probe_iters, seed=seed, device=device)

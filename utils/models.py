@@ -1,4 +1,4 @@
-"""Models: small ResNets for 28x28 grayscale input, normalization as a layer inside every model, classifiers built
+"""Models: small ResNets for small images, torchvision ResNets, normalization as a layer inside every model, classifiers built
 from an encoder and a head, and their safetensors files. (Official ResNet-50 files: `utils.checkpoints`.)
 
 Contract: every model here takes images in [0, 1] of shape [N, C, H, W]; an encoder returns pooled features [N, D]
@@ -10,13 +10,12 @@ import os
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
+from utils.data import FASHION_MEAN, FASHION_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 from utils.store import CorruptFileError, load_tensors, save_tensors
 
-# Fashion-MNIST pixel statistics (train split), used by the small encoders trained here.
-FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class Normalize(nn.Module):
@@ -118,15 +117,103 @@ class Encoder(nn.Module):
         return self.backbone.feature_map(self.normalize(x))
 
 
-def build_encoder(arch: str = "resnet_tiny", in_chans: int = 1, mean=FASHION_MEAN, std=FASHION_STD) -> Encoder:
-    """A freshly initialized encoder of a named small architecture (see `ARCHS`)."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)} (or load_backbone for resnet50)")
-    if in_chans != len(mean):
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without its classifier.
+
+    Input: normalized images [N, 3, H, W]. forward -> pooled features [N, feat_dim] (feat_dim = 2048 for resnet50);
+    feature_map -> layer4 map [N, feat_dim, ~H/32, ~W/32]. The torchvision module is kept as `net` with fc = Identity.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.feat_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)  # the same ops as torchvision's forward
+
+
+def use_tf_same_padding(net: nn.Module) -> None:
+    """Swap stride-2 convolutions (kernel > 1) and max-pools for TensorFlow "SAME" versions, in place: on even sizes
+    they pad 2/3 (left/right) instead of 3/3 for the 7x7 stem and 0/1 instead of 1/1 for 3x3 layers. Parameter names
+    and values are unchanged; stride-1 and 1x1 layers already pad the same way in both frameworks."""
+    from timm.layers import Conv2dSame
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    for name, mod in list(net.named_modules()):
+        if isinstance(mod, nn.Conv2d) and max(mod.stride) > 1 and max(mod.kernel_size) > 1:
+            new = Conv2dSame(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, 0, mod.dilation,
+                             mod.groups, mod.bias is not None, device=mod.weight.device, dtype=mod.weight.dtype)
+            new.load_state_dict(mod.state_dict(), assign=True)
+        elif isinstance(mod, nn.MaxPool2d):
+            new = MaxPool2dSame(mod.kernel_size, mod.stride, 0, mod.dilation, mod.ceil_mode)
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, new)
+
+
+def torchvision_resnet(arch: str, *, meta: bool = False):
+    """An untrained torchvision ResNet named `arch` (resnet18, resnet50, ...); `meta=True`: shapes only, every tensor
+    to be assigned from a file (skips the random initialization)."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                net = torchvision.models.get_model(arch, weights=None)
+        else:
+            net = torchvision.models.get_model(arch, weights=None)
+    except ValueError:
+        net = None
+    if not isinstance(net, torchvision.models.ResNet):
+        raise ValueError(f"arch={arch!r} is neither a small ResNet of the suite ({sorted(ARCHS)}) nor a torchvision "
+                         f"ResNet (resnet18, resnet50, ...)")
+    return net
+
+
+def build_encoder(arch: str = "resnet_tiny", in_chans: int = 1, mean=FASHION_MEAN, std=FASHION_STD, *,
+                  normalize: bool = True, tf_same_padding: bool = False) -> Encoder:
+    """A freshly initialized encoder: a small ResNet of the suite (`ARCHS`, any channel count) or a torchvision
+    ResNet (`resnet18`, `resnet50`, ...; 3 channels, ImageNet layout). `encoder.spec` records how it was built, so a
+    saved classifier is rebuilt from its sidecar alone (`build_from_spec`)."""
+    if normalize and in_chans != len(mean):
         raise ValueError(f"in_chans={in_chans} but normalization has {len(mean)} channels")
-    enc = Encoder(SmallResNet(in_chans=in_chans, **ARCHS[arch]), mean, std)
+    if arch in ARCHS:
+        backbone = SmallResNet(in_chans=in_chans, **ARCHS[arch])
+    else:
+        if in_chans != 3:
+            raise ValueError(f"{arch} takes 3-channel images; this task has {in_chans} channel(s): use a small ResNet "
+                             f"({sorted(ARCHS)}) or an RGB task")
+        net = torchvision_resnet(arch)
+        if tf_same_padding:
+            use_tf_same_padding(net)
+        backbone = ResNetTrunk(net)
+    enc = Encoder(backbone, mean, std, normalize=normalize)
     enc.arch = arch  # lets a saved classifier be rebuilt from its sidecar
+    enc.spec = {"arch": arch, "in_chans": int(in_chans), "mean": [float(v) for v in mean],
+                "std": [float(v) for v in std], "normalize": bool(normalize), "tf_same_padding": bool(tf_same_padding)}
     return enc
+
+
+def build_from_spec(spec: dict) -> Encoder:
+    """An (untrained) encoder shaped as `spec` (`encoder.spec` of a built or loaded encoder) says."""
+    return build_encoder(spec["arch"], int(spec["in_chans"]), tuple(spec["mean"]), tuple(spec["std"]),
+                         normalize=bool(spec.get("normalize", True)),
+                         tf_same_padding=bool(spec.get("tf_same_padding", False)))
+
+
+def encoder_spec(encoder: nn.Module) -> dict | None:
+    """How to rebuild `encoder` (`build_from_spec`), or None for a module built elsewhere."""
+    spec = getattr(encoder, "spec", None)
+    if spec is None and getattr(encoder, "arch", None) in ARCHS:  # a small encoder built before specs existed
+        spec = {"arch": encoder.arch, "in_chans": 1, "mean": list(FASHION_MEAN), "std": list(FASHION_STD),
+                "normalize": True, "tf_same_padding": False}
+    return dict(spec) if spec is not None else None
 
 
 class Classifier(nn.Module):
@@ -142,23 +229,30 @@ class Classifier(nn.Module):
 
 
 def save_classifier(clf: Classifier, path: str | os.PathLike, meta: dict) -> Path:
-    """A classifier as ONE safetensors file: its weights, and in the header `meta` (it must say how to rebuild it:
-    arch, n_classes) and the sha256 of the weights (`utils.store.save_tensors`), so weights and metadata are always
+    """A classifier as ONE safetensors file: its weights, and in the header `meta` plus `encoder` (the encoder's
+    `spec`: architecture, channels, normalization, padding) and `n_classes` and the sha256 of the weights (`utils.store.save_tensors`), so weights and metadata are always
     of one write."""
-    return save_tensors(path, clf.state_dict(), meta)
+    spec = encoder_spec(clf.encoder)
+    if spec is None:
+        raise ValueError("this classifier's encoder has no `spec` (build it with build_encoder, load_backbone or "
+                         "build_from_spec) so it could not be rebuilt from its file")
+    return save_tensors(path, clf.state_dict(), {**meta, "encoder": spec, "n_classes": clf.head.out_features})
 
 
 def read_classifier(path: str | os.PathLike) -> tuple[Classifier, dict]:
-    """(classifier, its meta) from a file written by `save_classifier` (small-ResNet encoders; eval mode, float32).
+    """(classifier, its meta) from a file written by `save_classifier` (any encoder `build_from_spec` rebuilds: the
+    suite's small ResNets and torchvision ResNets such as the official ResNet-50s; eval mode, float32).
     FileNotFoundError when absent; `utils.store.CorruptFileError` naming the file when it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier {path} is missing: run notebook 02 first "
                                 f"(`python -m utils.pipeline --only 02`).")
     state, meta = load_tensors(path)
-    if not {"arch", "n_classes"} <= set(meta):
-        raise CorruptFileError(path, f"its metadata lacks arch / n_classes (has {sorted(meta)})")
-    encoder = build_encoder(meta["arch"])
+    if "n_classes" not in meta or not ({"arch", "encoder"} & set(meta)) or meta.get("encoder", meta.get("arch")) is None:
+        raise CorruptFileError(path, f"its metadata lacks encoder / n_classes (has {sorted(meta)}): it cannot be "
+                                     f"rebuilt; rerun the notebook that made it")
+    spec = meta.get("encoder") or encoder_spec(build_encoder(meta["arch"]))
+    encoder = build_from_spec(spec)
     clf = Classifier(encoder, nn.Linear(encoder.feat_dim, meta["n_classes"]))
     try:
         clf.load_state_dict(state, strict=True)

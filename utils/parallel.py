@@ -5,8 +5,15 @@ Base layer: imports only `utils.store` (cached jobs).
 On a CPU, small models use cores better as one single-threaded process per core than as one process with one
 thread per core (measured on the 2-core machine: PGD sweep 9.7 s with 2 threads, 2 sweeps in 16 s as 2 processes of
 1 thread, i.e. 18 % faster). Independent jobs (one attack sweep, one transfer source, one Square check, one
-fine-tuning run, one encoder's dense tasks) are therefore spread over a pool of worker processes; every job computes
-exactly what it computes in one process (its random numbers are seeded by the job, not by the worker).
+fine-tuning run, one encoder's dense tasks) are therefore spread over a pool of worker processes.
+
+Determinism: a job computes the same bits whatever the worker count, the machine's load and what ran before it,
+because `map_jobs` runs every job, in a worker or in this process, (1) with the same intra-op thread count,
+`job_threads(device)`, a function of the machine only: the thread count decides how a kernel splits its float sums,
+so 1 and 2 threads give different bits in float32 and bfloat16 alike (measured: one resnet_tiny forward + backward);
+and (2) with the global RNGs (torch, numpy, random) reset to one fixed seed and restored afterwards, so a draw a job
+does not seed itself is the same in any process. A job's own random numbers are seeded from the master seed and its
+parameters (`utils.runtime.derive_seed`), never from the worker.
 """
 from __future__ import annotations
 
@@ -14,10 +21,12 @@ import atexit
 import ctypes
 import multiprocessing as mp
 import os
+import random
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -25,6 +34,9 @@ from tqdm.auto import tqdm
 from utils.store import cached_json, cached_result
 
 WORKERS_ENV = "SSL_ADV_WORKERS"
+JOB_THREADS_ENV = "SSL_ADV_JOB_THREADS"
+# The global RNGs' seed at the start of every job (a job's own draws are seeded by the job; see the module docstring).
+JOB_RNG_SEED = 0
 _POOL: tuple[int, ProcessPoolExecutor] | None = None
 
 
@@ -76,11 +88,40 @@ def local_workers(device: str = "cpu", n_jobs: int | None = None) -> int:
     return max(1, w)
 
 
+def job_threads(device: str = "cpu") -> int:
+    """Intra-op threads of every job `map_jobs` runs, whichever process runs it: $SSL_ADV_JOB_THREADS if set; else
+    1 with a CPU device (jobs run one per core, see the module docstring) and every core with a GPU device (jobs
+    run one at a time; the CPU threads only prepare the GPU's work). Never a function of the worker count or the
+    load: a job's numbers depend on it."""
+    env = os.environ.get(JOB_THREADS_ENV)
+    if env:
+        return max(1, int(env))
+    return cores() if str(device).startswith("cuda") else 1
+
+
+def _run_job(fn: Callable, threads: int, kwargs: dict) -> Any:
+    """fn(**kwargs) with `threads` intra-op threads and the global RNGs seeded to JOB_RNG_SEED; this process's thread
+    count and RNG states are restored afterwards (a job run in the notebook's own process leaves no trace)."""
+    before, py_state, np_state = torch.get_num_threads(), random.getstate(), np.random.get_state()
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []  # never initialize CUDA here
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            torch.manual_seed(JOB_RNG_SEED)
+            random.seed(JOB_RNG_SEED)
+            np.random.seed(JOB_RNG_SEED)
+            return fn(**kwargs)
+    finally:
+        torch.set_num_threads(before)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 # What the parent tells an interrupted notebook (the worker processes print nothing, see `_init_worker`).
 INTERRUPTED = "interrupted; finished work is cached, rerun to resume"
 
 
-def _init_worker(threads: int, parent: int) -> None:
+def _init_worker(parent: int) -> None:
     # Ctrl-C / a kernel shutdown reaches the whole process group: the parent handles it (cancels what has not
     # started); idle workers would only print a KeyboardInterrupt traceback each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -92,7 +133,6 @@ def _init_worker(threads: int, parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(0)
-    torch.set_num_threads(threads)
 
 
 def _shutdown_pool() -> None:
@@ -109,19 +149,22 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         _POOL[1].shutdown()
     else:
         atexit.register(_shutdown_pool)
-    threads = max(1, cores() // workers)
     _POOL = (workers, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                          initargs=(threads, os.getpid())))
+                                          initargs=(os.getpid(),)))
     return _POOL[1]
 
 
-def map_jobs(fn: Callable, jobs: list[dict], *, workers: int = 1, desc: str = "jobs", progress: bool = False) -> list:
+def map_jobs(fn: Callable, jobs: list[dict], *, workers: int = 1, threads: int | None = None, desc: str = "jobs",
+             progress: bool = False) -> list:
     """[fn(**job) for job in jobs], run in `workers` processes when workers > 1; results in job order.
+    Each job runs with `threads` intra-op threads (default `job_threads()`) and freshly seeded global RNGs, in a
+    worker as in this process (`_run_job`), so the results do not depend on `workers`.
     `fn` must be importable (a module-level function of this package); an exception in a job is raised here."""
+    threads = job_threads() if threads is None else int(threads)
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(**j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+        return [_run_job(fn, threads, j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     ex = _pool(workers)
-    futures = {ex.submit(fn, **j): i for i, j in enumerate(jobs)}
+    futures = {ex.submit(_run_job, fn, threads, j): i for i, j in enumerate(jobs)}
     out: list = [None] * len(jobs)
     try:
         for f in tqdm(as_completed(futures), total=len(jobs), desc=f"{desc} ({workers} processes)",
@@ -155,7 +198,7 @@ def run_cached(fn: Callable, entries: list[tuple], *, desc: str, device: str = "
         print(f"{desc}: {len(entries) - len(todo)} of {len(entries)} jobs read from the cache")
     jobs = [dict(fn=fn, cache_dir=entries[i][0], name=entries[i][1], key=entries[i][2], **entries[i][3])
             for i in todo]
-    for i, o in zip(todo, map_jobs(_cached_job, jobs, workers=local_workers(device, len(jobs)), desc=desc,
-                                   progress=progress)):
+    for i, o in zip(todo, map_jobs(_cached_job, jobs, workers=local_workers(device, len(jobs)),
+                                   threads=job_threads(device), desc=desc, progress=progress)):
         outs[i] = o
     return outs

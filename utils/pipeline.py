@@ -24,7 +24,6 @@ import random
 import signal
 import socket
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,11 +32,15 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import torch
-from jupyter_client.manager import AsyncKernelManager
 
-from utils.config import DEFAULT_PROFILE, PROFILES, notebook_parameters, output_dirs, output_root, parameters_source
+from utils import preflight
+from utils.config import (DEFAULT_PROFILE, PROFILES, SET_ENV, check_overrides, notebook_parameters, output_dirs,
+                          output_root, parameters_source, parse_set)
 from utils.encoders import uses_official_checkpoints
+from utils.nbprogress import (ENGINE, NotebookProgress, cell_durations, clock, logged_kernel_manager,
+                              register_progress_engine)
 from utils.parallel import INTERRUPTED
+from utils.runtime import resolve_device
 from utils.store import (CorruptFileError, atomic_write_json, file_sha256, param_hash, quarantine, read_json_checked,
                          text_digest)
 
@@ -93,6 +96,11 @@ def notebook_setup(profile: str, notebook: str, namespace: dict) -> NotebookCont
         raise NameError(f"notebook {notebook}'s parameters cell lacks {missing}: add them (the profile "
                         f"{profile!r} defines them in utils/config.py)")
     params = resolve_parameters(profile, notebook, namespace)
+    if "device" in params:  # "auto" becomes the device it means; the parameter keeps what the user wrote
+        namespace["device"] = str(resolve_device(params["device"]))
+        if namespace["device"] != params["device"]:
+            print(f"device {params['device']!r} -> {namespace['device']!r}")
+    preflight.check(profile, [notebook], params={notebook: params})
     seed = int(params.get("seed", 0))
     random.seed(seed)
     np.random.seed(seed)
@@ -123,7 +131,7 @@ def resolve_parameters(profile: str, notebook: str, namespace: dict, log=print) 
     """The values notebook `notebook` runs with: each knob as the notebook holds it, except that with a profile other
     than the default a knob still at its default (cpu) value takes the profile's value (written back into
     `namespace`). Prints which knobs came from the profile and which were set in the notebook."""
-    expected, defaults = notebook_parameters(profile, notebook), notebook_parameters(DEFAULT_PROFILE, notebook)
+    expected, defaults = notebook_parameters(profile, notebook), notebook_parameters(DEFAULT_PROFILE, notebook, {})
     taken, kept = [], []
     for k, value in expected.items():
         mine = namespace[k]
@@ -187,151 +195,17 @@ def _failing_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
-def _clock(seconds: float) -> str:
-    """Seconds as m:ss (h:mm:ss from an hour on)."""
-    s = int(round(max(seconds, 0.0)))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _cell_durations(executed: Path) -> list[float] | None:
-    """Seconds per cell of a previous executed copy (papermill records them), in its cell order; None if absent."""
-    try:
-        cells = json.loads(executed.read_text())["cells"]
-        return [float((c.get("metadata", {}).get("papermill", {}) or {}).get("duration") or 0.0) for c in cells]
-    except Exception:  # noqa: BLE001 - no usable previous copy: estimate from the notebook's total instead
-        return None
-
-
-class NotebookProgress:
-    """Logs a notebook's progress while papermill runs it: one line when each code cell starts (cell n of m in the
-    committed notebook's numbering, its section, elapsed time, time left) and one line per `heartbeat` seconds while
-    a cell runs long. Time left comes from the previous run: per cell when the previous executed copy has the same
-    cells, else the previous total; `after` seconds (the notebooks still to run) are added for the chain."""
-
-    def __init__(self, name: str, log, *, previous_total: float | None = None,
-                 previous_cells: list[float] | None = None, after: float = 0.0, heartbeat: float = 60.0):
-        self.name, self.log, self.after, self.heartbeat = name, log, after, heartbeat
-        self.previous_total, self.previous_cells = previous_total, previous_cells
-        self.t0 = self.t_cell = time.perf_counter()
-        self.cell_label, self.remaining_from = "", None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self):
-        if self.heartbeat > 0:
-            self._thread = threading.Thread(target=self._beat, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def left(self) -> float | None:
-        """Estimated seconds left in this notebook, or None without a previous run."""
-        elapsed = time.perf_counter() - self.t0
-        if self.remaining_from is not None:
-            in_cell = time.perf_counter() - self.t_cell
-            return max(sum(self.previous_cells[self.remaining_from:]) - in_cell, 0.0)
-        if self.previous_total is not None:
-            return max(self.previous_total - elapsed, 0.0)
-        return None
-
-    def _status(self) -> str:
-        elapsed = time.perf_counter() - self.t0
-        left = self.left()
-        if left is None:
-            return f"{_clock(elapsed)} elapsed (no previous run to estimate the time left)"
-        if left == 0 and self.previous_total:
-            return f"{_clock(elapsed)} elapsed, longer than the previous run ({_clock(self.previous_total)})"
-        chain = f"; chain about {_clock(left + self.after)} left" if self.after > 0 else ""
-        return f"{_clock(elapsed)} elapsed, about {_clock(left)} left{chain}"
-
-    def cell_start(self, nb, index: int) -> None:
-        """Papermill starts cell `index` of the executed notebook `nb` (which holds the injected parameters)."""
-        cells = nb.cells
-        committed = [i for i, c in enumerate(cells)
-                     if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-        if (index not in committed or cells[index].cell_type != "code"
-                or "parameters" in cells[index].get("metadata", {}).get("tags", [])):
-            return
-        self.t_cell = time.perf_counter()
-        same = self.previous_cells is not None and len(self.previous_cells) == len(cells)
-        self.remaining_from = index if same else None
-        section = ""
-        for c in cells[:index]:
-            if c.cell_type == "markdown":
-                heads = [ln.lstrip("#").strip() for ln in c.source.splitlines() if ln.startswith("#")]
-                section = heads[-1] if heads else section
-        if not section:
-            section = next((ln for ln in cells[index].source.splitlines() if ln.strip()), "")
-        self.cell_label = f"cell {committed.index(index) + 1}/{len(committed)}"
-        self.log(f"    {self.name} {self.cell_label} ({section[:60]}): {self._status()}")
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat):
-            if self.cell_label:
-                self.log(f"    {self.name} {self.cell_label} still running "
-                         f"({_clock(time.perf_counter() - self.t_cell)} in this cell): {self._status()}")
-
-
-_ENGINE = "ssl-adv-progress"
-
-
-def _register_progress_engine() -> None:
-    """Register a papermill engine that is papermill's own nbclient engine plus a `progress` hook that sees each cell
-    start (papermill's engine hooks: `NotebookExecutionManager.cell_start`). Registering again replaces it."""
-    from papermill.engines import NBClientEngine, papermill_engines
-
-    class ProgressEngine(NBClientEngine):
-        @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, progress=None, **kwargs):
-            if progress is not None:
-                start = nb_man.cell_start
-
-                def cell_start(cell, cell_index=None, **kw):
-                    try:
-                        progress.cell_start(nb_man.nb, cell_index)
-                    except Exception:  # noqa: BLE001 - a progress line must never break a run
-                        pass
-                    return start(cell, cell_index, **kw)
-
-                nb_man.cell_start = cell_start
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-
-    papermill_engines.register(_ENGINE, ProgressEngine)
-
-
-class LoggedKernelManager(AsyncKernelManager):
-    """A kernel whose own stdout/stderr (its start-up warnings, its worker processes' messages, the tracebacks of a
-    shutdown after Ctrl-C) go to the file `log_path`, not the terminal: an interrupted run ends in one line. Passed
-    to papermill as a class (`logged_kernel_manager`), so that nbclient owns the manager and shuts the kernel down."""
-
-    log_path: Path | None = None
-
-    async def start_kernel(self, **kw):
-        with open(self.log_path or os.devnull, "ab") as log:  # the kernel process keeps its own copy of the file
-            return await super().start_kernel(stdout=log, stderr=log, **kw)
-
-
-def logged_kernel_manager(log_path: Path) -> type:
-    """A `LoggedKernelManager` class writing to `log_path` (emptied first)."""
-    log_path.unlink(missing_ok=True)
-    return type("LoggedKernelManager", (LoggedKernelManager,), {"log_path": log_path})
-
-
 def _execute(nb_path: Path, out_path: Path, params: dict, root: Path,
              progress: NotebookProgress | None = None) -> None:
     import papermill as pm
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _register_progress_engine()
+    register_progress_engine()
     kernel_log = out_path.with_suffix(".kernel.log")
     try:
         with progress or NotebookProgress(nb_path.stem, lambda *_: None, heartbeat=0):
             pm.execute_notebook(str(nb_path), str(out_path), parameters=params, kernel_name=KERNEL_NAME,
-                                cwd=str(root), progress_bar=False, log_output=False, engine_name=_ENGINE,
+                                cwd=str(root), progress_bar=False, log_output=False, engine_name=ENGINE,
                                 progress=progress, kernel_manager_class=logged_kernel_manager(kernel_log))
     except pm.PapermillExecutionError as e:
         where = _failing_cell(out_path)
@@ -363,7 +237,7 @@ NOTEBOOK_OUTPUTS: dict[str, dict[str, list[str]]] = {
            "figures_dir": ["05_dense_vs_eps.png", "05_gap_dense_vs_cls.png", "05_examples.png"]},
 }
 # Outputs of notebook 01 that exist only when it trains the encoders (not with official checkpoints, as in `paper`).
-TRAINED_ONLY = {"01_encoders.csv", "01_pretraining_loss.png", "01_quick_probe.png"}
+TRAINED_ONLY = {"01_pretraining_loss.png"}
 
 
 def declared_outputs(profile: str, notebook: str, root: str | os.PathLike | None = None) -> list[Path]:
@@ -471,7 +345,28 @@ def _upstream(fp: str, entry: dict) -> str:
 
 def run_chain(profile: str = DEFAULT_PROFILE, only: list[str] | None = None, start: str | None = None,
               force: bool = False, root: Path | None = None, log=print,
-              lock_timeout: float | None = None) -> list[dict]:
+              lock_timeout: float | None = None, overrides: dict | None = None) -> list[dict]:
+    """Run the notebooks of a profile in order, with `overrides` ({key: value}, `--set`) applied to every notebook
+    that takes the key (an unknown key is a ValueError listing the keys); see `_run_chain`."""
+    overrides = dict(overrides or {})
+    if profile in PROFILES:
+        check_overrides(profile, overrides)
+    before = os.environ.get(SET_ENV)
+    if overrides:  # seen by this process's notebook_parameters and by the kernels it starts (they inherit it)
+        os.environ[SET_ENV] = json.dumps(overrides)
+    else:
+        os.environ.pop(SET_ENV, None)
+    try:
+        return _run_chain(profile, only, start, force, root, log, lock_timeout)
+    finally:
+        if before is None:
+            os.environ.pop(SET_ENV, None)
+        else:
+            os.environ[SET_ENV] = before
+
+
+def _run_chain(profile: str, only: list[str] | None, start: str | None, force: bool, root: Path | None, log,
+               lock_timeout: float | None) -> list[dict]:
     """Run the notebooks of a profile in order; return one record per notebook (name, status, seconds).
 
     A notebook is skipped only when its last run finished, its fingerprint is unchanged (its source, parameters, the
@@ -505,14 +400,17 @@ def run_chain(profile: str = DEFAULT_PROFILE, only: list[str] | None = None, sta
                                                                           runs_dir / nb.name, outputs, out_root)
 
         # first what will run, from the state as it is (a notebook after one that runs runs too), for time estimates
-        previous, upstream, any_runs = [], "", False
+        previous, upstream, any_runs, will_run = [], "", False, []
         for nb in notebooks:
             key = nb.name[:2]
             selected = (only is None or key in only) and (start is None or key >= start)
             _, fp, _, why = status(nb, upstream)
             any_runs = any_runs or (selected and why is not None)
+            if selected and any_runs:
+                will_run.append(key)
             previous.append(state.get(nb.name, {}).get("seconds") if selected and any_runs else None)
             upstream = _upstream(fp, state.get(nb.name, {}))
+        preflight.check(profile, will_run)  # every missing input at once, before any compute
         records, upstream = [], ""
         for i, nb in enumerate(notebooks, 1):
             key, out = nb.name[:2], runs_dir / nb.name
@@ -527,15 +425,15 @@ def run_chain(profile: str = DEFAULT_PROFILE, only: list[str] | None = None, sta
             else:
                 after = sum(s or 0.0 for s in previous[i:])
                 last = previous[i - 1]
-                log(f"{tag}: running ({why}) ..." + (f" (last run {_clock(last)}; chain about "
-                                                     f"{_clock(last + after)} left)" if last else ""))
+                log(f"{tag}: running ({why}) ..." + (f" (last run {clock(last)}; chain about "
+                                                     f"{clock(last + after)} left)" if last else ""))
                 state[nb.name] = {"fingerprint": fp, "status": "running", "pid": os.getpid(),
                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
                 atomic_write_json(state_path, state)
                 t0 = time.perf_counter()
                 try:
                     _execute(nb, out, params, root, NotebookProgress(key, log, previous_total=last, after=after,
-                                                                     previous_cells=_cell_durations(out)))
+                                                                     previous_cells=cell_durations(out)))
                     missing = [str(p) for p in outputs if not p.is_file()]
                     if missing:
                         raise NotebookFailed(f"{nb.name} finished but did not write {', '.join(missing)} (declared in "
@@ -587,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="run only notebook NN (repeatable), e.g. --only 03")
     ap.add_argument("--from", dest="start", help="run from notebook NN onward, e.g. --from 02")
     ap.add_argument("--force", action="store_true", help="rerun even when nothing changed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter in every notebook that takes it (repeatable); VALUE is read as a "
+                         "Python literal where it is one (8 / 255, [0, 0.5], None), else as a string (a path)")
     ap.add_argument("--write-parameters", action="store_true",
                     help="rewrite every notebook's parameters cell from utils.config (cpu values, KEY_DOCS comments)")
     args = ap.parse_args(argv)
@@ -594,12 +495,19 @@ def main(argv: list[str] | None = None) -> int:
         print("rewrote the parameters cell of: " + (", ".join(write_parameters_cells()) or "none (all current)"))
         return 0
     only = [o.zfill(2) for o in args.only] if args.only else None
+    try:
+        overrides = parse_set(args.set)
+        check_overrides(args.profile, overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     before = signal.signal(signal.SIGINT, _quiet_interrupt)
     try:
         run_chain(args.profile, only=only, start=args.start.zfill(2) if args.start else None, force=args.force,
-                  log=lambda *a: print(*a, flush=True))  # flushed: a piped CI log shows each line as it happens
-    except (NotebookFailed, ChainLocked) as e:
+                  log=lambda *a: print(*a, flush=True),  # flushed: a piped CI log shows each line as it happens
+                  overrides=overrides)
+    except (NotebookFailed, ChainLocked, preflight.PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except UnknownNotebook as e:

@@ -26,17 +26,28 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return atomic_save(lambda tmp: fig.savefig(tmp, format="png"), path)
 
 
-def sample_grid(x, y, classes: list[str], per_class: int = 8, title: str | None = None):
-    """Grid of `per_class` images per class: rows = classes. x [N,1,H,W] in [0,1], y [N] int."""
+def show_image(ax, img, **kw) -> None:
+    """One image [C, H, W] (or [H, W]) in [0, 1] on `ax`: one channel in inverted grey (dark ink on white, as
+    Fashion-MNIST is drawn), three channels in colour."""
+    img = np.asarray(img.detach().cpu().float() if hasattr(img, "detach") else img)
+    if img.ndim == 3 and img.shape[0] == 3:
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), **kw)
+    else:
+        ax.imshow(img[0] if img.ndim == 3 else img, cmap="gray_r", vmin=0, vmax=1, **kw)
+
+
+def sample_grid(x, y, classes: list[str], per_class: int = 8, title: str | None = None, max_classes: int = 10):
+    """Grid of `per_class` images per class: rows = the first `max_classes` classes. x [N,C,H,W] in [0,1], y [N]."""
     x, y = np.asarray(x), np.asarray(y)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
+    classes = classes[:max_classes]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95), squeeze=False)
     for r, name in enumerate(classes):
         idx = np.flatnonzero(y == r)[:per_class]
         for c in range(per_class):
             ax = axes[r, c]
             ax.axis("off")
             if c < len(idx):
-                ax.imshow(x[idx[c], 0], cmap="gray_r", vmin=0, vmax=1)
+                show_image(ax, x[idx[c]])
         axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, y=0.93)
@@ -186,14 +197,17 @@ def adversarial_examples(examples: dict, classes: list[str], *, eps: float, ampl
     for r, m in enumerate(models):
         e = examples[m]
         for i in range(k):
-            x, xa = e["x"][i, 0], e["x_adv"][i, 0]
+            x, xa = e["x"][i].detach().cpu().float(), e["x_adv"][i].detach().cpu().float()
             ok_c, ok_a = int(e["pred_clean"][i]) == int(e["y"][i]), int(e["pred_adv"][i]) == int(e["y"][i])
-            panels = [(x, classes[int(e["pred_clean"][i])], "gray_r", 0, 1, ok_c),
-                      ((xa - x) * amplify + 0.5, f"δ x{amplify:.0f}", "RdBu_r", 0, 1, None),
-                      (xa, classes[int(e["pred_adv"][i])], "gray_r", 0, 1, ok_a)]
-            for j, (img, label, cmap, lo, hi, ok) in enumerate(panels):
+            panels = [(x, classes[int(e["pred_clean"][i])], ok_c),
+                      ((xa - x).mean(0) * amplify + 0.5, f"δ x{amplify:.0f}", None),  # channel mean of δ
+                      (xa, classes[int(e["pred_adv"][i])], ok_a)]
+            for j, (img, label, ok) in enumerate(panels):
                 ax = axes[r, 3 * i + j]
-                ax.imshow(np.asarray(img), cmap=cmap, vmin=lo, vmax=hi)
+                if ok is None:
+                    ax.imshow(np.asarray(img), cmap="RdBu_r", vmin=0, vmax=1)
+                else:
+                    show_image(ax, img)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 color = "black" if ok is None else ("tab:green" if ok else "tab:red")
@@ -309,7 +323,7 @@ def augmented_views(x, views: list, *, title: str | None = None):
     fig, axes = plt.subplots(1 + len(views), k, figsize=(1.1 * k, 1.15 * (1 + len(views))), squeeze=False)
     for r, batch in enumerate([x, *views]):
         for c in range(k):
-            axes[r, c].imshow(np.asarray(batch[c, 0]), cmap="gray_r", vmin=0, vmax=1)
+            show_image(axes[r, c], batch[c])
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel("original" if r == 0 else f"view {r}", fontsize=8)
@@ -464,9 +478,8 @@ def plot_scenes(scenes, n: int = 6, title: str | None = None):
 # ------------------------------------------------------------------------------------ teaching (notebook 03, part 1)
 
 def _gray(ax, img, title: str, color: str = "black") -> None:
-    """One [1, H, W] or [H, W] image in [0, 1], axes off, with a title."""
-    img = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
-    ax.imshow(img[0] if img.ndim == 3 else img, cmap="gray_r", vmin=0, vmax=1)
+    """One [C, H, W] or [H, W] image in [0, 1], axes off, with a title."""
+    show_image(ax, img)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9, color=color)
@@ -479,9 +492,10 @@ def prediction_panel(x, probs, classes: list[str], *, true: int, title: str | No
     pred = int(probs.argmax())
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(7.5, 2.8), gridspec_kw={"width_ratios": [1, 2.2]})
     _gray(a0, x, f"true: {classes[true]}")
-    colors = ["tab:green" if i == true else "tab:red" if i == pred else "0.7" for i in range(len(probs))]
-    a1.barh(range(len(probs)), probs, color=colors)
-    a1.set_yticks(range(len(probs)), classes[:len(probs)], fontsize=8)
+    shown = list(range(len(probs))) if len(probs) <= 10 else sorted(set(np.argsort(-probs)[:9].tolist()) | {true})
+    colors = ["tab:green" if i == true else "tab:red" if i == pred else "0.7" for i in shown]
+    a1.barh(range(len(shown)), probs[shown], color=colors)
+    a1.set_yticks(range(len(shown)), [classes[i] for i in shown], fontsize=8)
     a1.invert_yaxis()
     a1.set_xlim(0, 1)
     a1.set_xlabel("probability")
@@ -496,14 +510,14 @@ def prediction_panel(x, probs, classes: list[str], *, true: int, title: str | No
 def perturbation_pictures(x, perturbed: dict, *, classes: list[str], true: int, title: str | None = None):
     """The clean image x [1, H, W], then per entry of `perturbed` ({label: (x_adv [1, H, W], predicted class)}) the
     perturbation x_adv - x in grey levels (/255, red = brighter, one colour scale for all) and the perturbed image."""
-    deltas = {k: (np.asarray((xa - x).detach().cpu())[0] * 255, p) for k, (xa, p) in perturbed.items()}
+    deltas = {k: (np.asarray((xa - x).detach().cpu().float()) * 255, p) for k, (xa, p) in perturbed.items()}  # [C,H,W]
     vmax = max(float(np.abs(d).max()) for d, _ in deltas.values()) or 1.0
     fig, axes = plt.subplots(1, 1 + 2 * len(perturbed), figsize=(2.1 * (1 + 2 * len(perturbed)), 2.6))
     _gray(axes[0], x, f"clean: {classes[true]}")
     for j, (label, (xa, pred)) in enumerate(perturbed.items()):
         d, _ = deltas[label]
         ax = axes[1 + 2 * j]
-        im = ax.imshow(d, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        im = ax.imshow(d.mean(0), cmap="RdBu_r", vmin=-vmax, vmax=vmax)  # the channel mean of δ
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{label}\nmax |δ| {np.abs(d).max():.1f}/255, ‖δ‖₂ {np.linalg.norm(d) / 255:.2f}", fontsize=8)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from utils.augment import make_augment
-from utils.data import load_fashion_mnist
+from utils.data import load_classification, task_info
 from utils.models import build_encoder
 from utils.runtime import SEED_STREAM_EPOCH, TrainingDivergedError, autocast, derive_seed, lr_factor, use_bf16
 from utils.ssl import get_method
@@ -37,14 +37,18 @@ WARMUP, LR_FLOOR = 0.1, 0.01
 
 def training_params(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
                     augmentations: Sequence[str], seed: int, weight_decay: float = 1e-5,
-                    hparams: dict | None = None, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                    hparams: dict | None = None, data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    task: str = "fashion_mnist", image_size: int | None = None) -> dict:
     """Everything that determines the trained weights (the cache key): the hash of this dict names the files.
 
-    With explicit `data` (instead of Fashion-MNIST's first `n_pretrain` images) a fingerprint of its bytes joins it
-    (`data_sha256`: images as float32, then labels).
+    The images are the first `n_pretrain` of the train split of `task` (at `image_size`); the task and size join the
+    key for any task but Fashion-MNIST (whose keys predate them, so its caches stay valid). With explicit `data` a
+    fingerprint of its bytes joins it (`data_sha256`: images as float32, then labels).
     """
     spec = get_method(method)
     extra = {} if data is None else {"data_sha256": tensors_digest(data[0].float(), data[1])}
+    if task != "fashion_mnist":
+        extra.update(task=task, image_size=image_size)
     return {**extra, "method": method, "arch": arch, "n_pretrain": int(n_pretrain), "epochs": int(epochs),
             "batch_size": int(batch_size), "lr": float(lr), "augmentations": list(augmentations), "seed": int(seed),
             "weight_decay": float(weight_decay), "hparams": spec.hparams(hparams),
@@ -68,11 +72,18 @@ def save_encoder(encoder: nn.Module, path: str | Path) -> Path:
     return save_tensors(path, state)
 
 
-def load_encoder(arch: str, path: str | Path) -> nn.Module:
-    """A `build_encoder(arch)` encoder with the weights of `path` (written by `save_encoder`): eval mode, float32.
+def task_encoder(arch: str, task: str = "fashion_mnist") -> nn.Module:
+    """A fresh `arch` encoder for the images of `task`: its channels, and its pixel statistics as the normalization
+    layer inside."""
+    info = task_info(task)
+    return build_encoder(arch, info.channels, info.mean, info.std)
+
+
+def load_encoder(arch: str, path: str | Path, task: str = "fashion_mnist") -> nn.Module:
+    """A `task_encoder(arch, task)` with the weights of `path` (written by `save_encoder`): eval mode, float32.
     `utils.store.CorruptFileError` naming the file when it is damaged."""
     state, _ = load_tensors(path)
-    encoder = build_encoder(arch)
+    encoder = task_encoder(arch, task)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as e:
@@ -98,7 +109,7 @@ def _load_checkpoint(path: Path, run_hash: str) -> dict | None:
     return ckpt if ckpt.get("param_hash") == run_hash else None
 
 
-def _cached_encoder(arch: str, paths: dict, snap: dict[int, Path]) -> tuple[nn.Module, dict] | None:
+def _cached_encoder(arch: str, paths: dict, snap: dict[int, Path], task: str) -> tuple[nn.Module, dict] | None:
     """(encoder, sidecar) of a finished run when its files pass their checks: the sidecar (written last) records the
     sha256 of the weights and of every snapshot. A damaged or unpaired file is moved aside (None: retrain; training
     is deterministic, so the weights come back the same)."""
@@ -114,7 +125,7 @@ def _cached_encoder(arch: str, paths: dict, snap: dict[int, Path]) -> tuple[nn.M
             if file_sha256(p) != side.get("snapshots_sha256", {}).get(str(e)):
                 quarantine(p, f"snapshot sha256 differs from the one {paths['sidecar'].name} recorded")
                 return None
-        return load_encoder(arch, paths["encoder"]), side
+        return load_encoder(arch, paths["encoder"], task), side
     except CorruptFileError as e:
         for p in (paths["encoder"], paths["sidecar"]):
             quarantine(p, f"{e} (the run's files are kept aside together)")
@@ -130,7 +141,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def load_epoch_checkpoint(method: str, epoch: int, *, arch: str, n_pretrain: int, epochs: int, batch_size: int,
                           lr: float, augmentations: Sequence[str], seed: int, cache_dir: str | Path,
                           weight_decay: float = 1e-5, hparams: dict | None = None,
-                          data: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+                          data: tuple[torch.Tensor, torch.Tensor] | None = None, task: str = "fashion_mnist",
+                          sources: dict | None = None) -> nn.Module:
     """The encoder snapshot kept at `epoch` of the run `pretrain_or_load(method, ..., keep_epochs=[epoch])` made.
 
     A snapshot is the `epochs`-long run stopped after `epoch` epochs (same learning-rate schedule), not a separate
@@ -138,30 +150,31 @@ def load_epoch_checkpoint(method: str, epoch: int, *, arch: str, n_pretrain: int
     """
     params = training_params(method, arch=arch, n_pretrain=n_pretrain, epochs=epochs, batch_size=batch_size, lr=lr,
                              augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
-                             data=data)
+                             data=data, task=task, image_size=(sources or {}).get("image_size"))
     path = Path(str(encoder_paths(cache_dir, params)["snapshot"]).format(epoch=epoch))
     fix = (f"run pretrain_or_load(..., keep_epochs=[{epoch}]) with the same parameters first (it retrains if "
            f"needed)")
     if not path.is_file():
         raise FileNotFoundError(f"no epoch-{epoch} snapshot of {method} at {path}: {fix}.")
     try:
-        return load_encoder(arch, path)
+        return load_encoder(arch, path, task)
     except CorruptFileError as e:
         quarantine(path, e.reason)
         raise CorruptFileError(path, f"{e.reason}; moved aside: {fix}") from None
 
 
 def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, batch_size: int, lr: float,
-                     augmentations: Sequence[str], seed: int, cache_dir: str | Path, data_root: str | Path = "data",
-                     progress: bool = True,
+                     augmentations: Sequence[str], seed: int, cache_dir: str | Path, task: str = "fashion_mnist",
+                     sources: dict | None = None, progress: bool = True,
                      save_every_epoch_checkpoints: bool = False, keep_epochs: Sequence[int] = (),
                      hparams: dict | None = None, weight_decay: float = 1e-5, profile: str = "custom",
                      data: tuple[torch.Tensor, torch.Tensor] | None = None,
                      on_epoch_end: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
-    """Train an encoder with `method` (a key of `utils.ssl.METHODS`) on Fashion-MNIST, or load it from the cache.
+    """Train an encoder with `method` (a key of `utils.ssl.METHODS`) on the images of `task`, or load it from the cache.
 
-    Data: the first `n_pretrain` images of a seeded permutation of the train split (labels used only by
-    "supervised"), or `data=(x [N,1,28,28] in [0,1], y [N])` if given. Training: AdamW (`lr`, `weight_decay`),
+    Data: the first `n_pretrain` images of a seeded permutation of `task`'s train split, found through `sources`
+    (the path parameters and `image_size`, `utils.data.sources(params)`; labels used only by "supervised"), or
+    `data=(x [N,C,H,W] in [0,1], y [N])` if given. Training: AdamW (`lr`, `weight_decay`),
     10 % linear warm-up then cosine decay to 1 % (`utils.runtime.lr_factor`), `batch_size` images per step (last
     partial batch dropped), views from `make_augment(augmentations)`; bfloat16 autocast + channels_last where
     `utils.runtime.use_bf16("cpu")`. `hparams` overrides the method's defaults (`METHODS[method].defaults`).
@@ -191,7 +204,7 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     augment = make_augment(spec.view_families(augmentations), **spec.augment_kwargs)
     params = training_params(method, arch=arch, n_pretrain=n_pretrain, epochs=epochs, batch_size=batch_size, lr=lr,
                              augmentations=augmentations, seed=seed, weight_decay=weight_decay, hparams=hparams,
-                             data=data)
+                             data=data, task=task, image_size=(sources or {}).get("image_size"))
     run_hash = param_hash(params)
     paths = encoder_paths(cache_dir, params)
     keep = sorted(set(range(1, epochs + 1)) if save_every_epoch_checkpoints else {int(e) for e in keep_epochs})
@@ -202,7 +215,7 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
 
     hit = None
     if paths["encoder"].is_file() and paths["sidecar"].is_file() and all(p.is_file() for p in snap.values()):
-        hit = _cached_encoder(arch, paths, snap)
+        hit = _cached_encoder(arch, paths, snap, task)
     if hit is not None:
         encoder, side = hit
         info = {"method": method, "params": params, "param_hash": run_hash, "path": str(paths["encoder"]),
@@ -210,7 +223,7 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
                 "resumed_from_epoch": None, "epochs_run_now": 0, "sidecar": side}
         return encoder, info
 
-    x, y = load_fashion_mnist(data_root, "train", n_pretrain, seed) if data is None else data
+    x, y = load_classification(task, "train", n=n_pretrain, seed=seed, **(sources or {})) if data is None else data
     n = len(x)
     if n == 0:
         raise ValueError("no training images: n_pretrain is 0 or `data` is empty")
@@ -227,7 +240,7 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
         ckpt = None
     with torch.random.fork_rng(devices=[]):  # seeded initialization without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = spec.build(build_encoder(arch), **(hparams or {}))
+        model = spec.build(task_encoder(arch, task), **(hparams or {}))
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
@@ -297,4 +310,4 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     info = {"method": method, "params": params, "param_hash": run_hash, "path": str(paths["encoder"]),
             "from_cache": False, "loss_history": losses, "wall_time_s": wall, "resumed_from_epoch": resumed_from,
             "epochs_run_now": epochs - start_epoch, "sidecar": side}
-    return load_encoder(arch, paths["encoder"]), info
+    return load_encoder(arch, paths["encoder"], task), info

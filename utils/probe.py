@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from utils import attacks
 from utils.config import FINETUNE_REGIMES
 from utils.models import Classifier, load_classifier, read_classifier, save_classifier
-from utils.parallel import local_workers, map_jobs
+from utils.parallel import job_threads, local_workers, map_jobs
 from utils.runtime import TrainingDivergedError, autocast, batches, warmup_cosine
 from utils.store import (CorruptFileError, atomic_write_json, file_sha256, load_tensors, param_hash, points_digest,
                          quarantine, read_json_checked, save_tensors, weights_digest)
@@ -350,7 +350,7 @@ def adapt_all(methods: list[str], train: dict[str, tuple], *, cache_dir: str | o
     jobs.sort(key=lambda j: (j["regime"] != "adv-finetuned", -len(j["y"])))  # longest jobs first
     rows = []
     for j, (clf, info) in zip(jobs, map_jobs(adapted_classifier, jobs, workers=local_workers(device, len(jobs)),
-                                             desc="fine-tuning", progress=progress)):
+                                             threads=job_threads(device), desc="fine-tuning", progress=progress)):
         classifiers[(j["method"], j["task"], j["regime"])] = clf
         rows.append({"model": j["method"], "task": j["task"], "regime": j["regime"], "seconds": info["seconds"],
                      "from_cache": info["from_cache"], "final_loss": info["loss_history"][-1]})

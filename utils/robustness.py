@@ -34,10 +34,11 @@ import torch.distributed as dist
 from torch import nn
 
 from utils import attacks, data
-from utils.config import PROFILES, SUPERVISED, notebook_parameters, output_dirs
+from utils.config import (PROFILES, SUPERVISED, check_overrides, notebook_parameters, output_dirs, overrides_from_env,
+                          parse_set)
 from utils.parallel import close_distributed, init_distributed, run_cached, world
 from utils.probe import linear_classifiers
-from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device
+from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device, resolve_device
 from utils.store import cached_json, points_digest, weights_digest
 
 # Bump when a change of the kernel changes what a cached sweep would hold (invalidates attack caches).
@@ -62,6 +63,9 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     members = None
     flags: set[str] = set()
     n_batches = (n + batch_size - 1) // batch_size
+    if attack_kwargs.get("fold_bn", True) is True and n_batches > 1:
+        # folded once per sweep, not per batch (a ResNet-50 takes ~2 s to fold on a CPU); None: nothing to fold
+        attack_kwargs["fold_bn"] = attacks.fold_batchnorm(model) or False
     for b in range(rank, n_batches, size):
         sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
         res = attacks.robust_accuracy(model, x[sl].to(device), y[sl].to(device), eps_list=eps_grid, attack=attack,
@@ -95,18 +99,24 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                                   fooled_by=(by - 3).to(torch.int8), members=members)
 
 
+DEFAULT_BATCH = 256
+
+
 def sweep_cache(clf, x, y, *, model, task, attack, norm, eps_list, steps, restarts, seed, regime, cache_dir,
-                ensemble_options=None):
-    """(folder, name, key) of one sweep's cache entry (see `attack_sweep`)."""
+                ensemble_options=None, batch_size=DEFAULT_BATCH):
+    """(folder, name, key) of one sweep's cache entry (see `attack_sweep`). The batch size joins the key when it is
+    not the default (each batch draws its own random starts, so it changes the numbers; keys made before it was a
+    knob stay valid)."""
     key = {"weights": weights_digest(clf), "points": points_digest(x, y), "attack": attack, "norm": norm,
            "eps": list(eps_list), "steps": steps, "restarts": restarts, "seed": seed, "model": model, "task": task,
-           "regime": regime, "kernel": KERNEL_VERSION, **({"ensemble": ensemble_options} if ensemble_options else {})}
+           "regime": regime, "kernel": KERNEL_VERSION, **({"ensemble": ensemble_options} if ensemble_options else {}),
+           **({"batch": int(batch_size)} if int(batch_size) != DEFAULT_BATCH else {})}
     return Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key
 
 
 def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, attack: str, norm: str,
                  eps_list: list[float], steps: int, restarts: int = 1, regime: str = "linear", seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 256,
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
                  ensemble_options: dict | None = None) -> dict:
     """Robust accuracy of `clf` over `eps_list` for one attack (or ensemble), as {"rows": tidy rows, "mask":
     [[0/1]*n]*len(eps), "members": the attacks run, "fooled_by": [[member index or -1/-2]*n]*len(eps)}.
@@ -130,7 +140,7 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
         return compute()
     folder, name, key = sweep_cache(clf, x, y, model=model, task=task, attack=attack, norm=norm, eps_list=eps_list,
                                     steps=steps, restarts=restarts, seed=seed, regime=regime, cache_dir=cache_dir,
-                                    ensemble_options=ensemble_options)
+                                    ensemble_options=ensemble_options, batch_size=batch_size)
     return cached_json(folder, name, key, compute)
 
 
@@ -153,12 +163,14 @@ def _flag_blackbox(rows: list[dict], res: attacks.RobustAccuracy) -> None:
 
 def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], settings: list[dict],
                     *, steps: int, restarts: int, seed: int = 0, regime: str = "linear",
-                    cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False):
+                    cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False,
+                    batch_size: int = DEFAULT_BATCH):
     """Every classifier x every attack setting. `classifiers[(model, task)]`, `points[task] = (x, y)`,
     `settings = [{"attack": "pgd", "norm": "linf", "eps_list": [...]}, ...]` (FGSM always runs 1 step, 1 restart;
     an ensemble setting may carry "options": {"n_targets": 9, "n_queries": 5000}; a setting with "n" attacks only
     the first n points of each task).
 
+    `batch_size`: points per attack batch (the unit of random starts and of torchrun sharding).
     Returns (tidy DataFrame, masks) with `masks[(model, task, attack, norm)]` a 0/1 tensor [len(eps), n].
     """
     jobs, entries = [], []
@@ -169,7 +181,7 @@ def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[
             n = s.get("n") or len(y)  # a costly setting (the full ensemble on a CPU) may cover a prefix only
             job = dict(clf=classifiers[(model, task)], x=x[:n], y=y[:n], model=model, task=task, attack=s["attack"],
                        norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
-                       restarts=1 if one_step else restarts, regime=regime, seed=seed)
+                       restarts=1 if one_step else restarts, regime=regime, seed=seed, batch_size=batch_size)
             if s["attack"] in attacks.ENSEMBLES:
                 job["ensemble_options"] = dict(s.get("options", {}))
             folder, name, key = sweep_cache(**job, cache_dir=cache_dir) if cache_dir is not None else (None,) * 3
@@ -196,9 +208,9 @@ def grid_accuracy(masks: dict, key: tuple, eps_list: list[float], eps: float, n:
 def attack_inputs(params: dict, cache_dir: str | os.PathLike, tasks: list[str] | None = None):
     """What notebook 03 attacks, built from its parameters: (classifiers {(model, task)}, points {task: (x, y)},
     settings). Shared by the notebook and the torchrun command, so both run the same grid."""
-    tasks = tasks or [params.get("task", "fashion_mnist"), params["transfer_task"]]
-    points = {t: data.load_classification(t, "test", data_root=params["data_root"], n=params["n_attack"],
-                                          seed=params["seed"]) for t in tasks}
+    tasks = tasks or [params["task"], params["transfer_task"]]
+    points = {t: data.load_classification(t, "test", n=params["n_attack"], seed=params["seed"],
+                                          **data.sources(params)) for t in tasks}
     classifiers = linear_classifiers(cache_dir, params["methods"], tasks)  # what notebook 02 fitted, checked
     options = {"n_targets": params["n_targets"], "n_queries": params["square_queries"]}
     settings = [{"attack": a, "norm": "linf", "eps_list": params["eps_linf"], "options": options,
@@ -345,16 +357,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     ap.add_argument("--notebook", default="03", choices=["03"], help="whose attack grid to run (03: linear regime)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter, as for `python -m utils.pipeline --set` (repeatable)")
     args = ap.parse_args(argv)
+    overrides = parse_set(args.set)
+    try:
+        check_overrides(args.profile, overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rank, size = init_distributed()
-    params = notebook_parameters(args.profile, args.notebook)
+    params = notebook_parameters(args.profile, args.notebook, {**overrides_from_env(), **overrides})
     cache_dir = output_dirs(args.profile)["cache_dir"]
-    device = params["device"]
-    if device == "cuda" and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}"
+    device = resolve_device(params["device"])
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{torch.cuda.current_device()}")  # torchrun sets each rank's device
     classifiers, points, settings = attack_inputs(params, cache_dir)
     table, _ = run_attack_grid(classifiers, points, settings, steps=params["steps"], restarts=params["restarts"],
-                               seed=params["seed"], cache_dir=cache_dir, device=device, progress=rank == 0)
+                               seed=params["seed"], cache_dir=cache_dir, device=device, progress=rank == 0,
+                               batch_size=params["attack_batch"])
     if rank == 0:
         print(f"{len(table)} rows over {len(classifiers)} classifiers on {size} rank(s); cached under "
               f"{cache_dir}/attacks/")

@@ -313,7 +313,8 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
                     attack: str = "pgd", norm: str = "linf", steps: int = 10, restarts: int = 1,
                     batch_size: int = 256, amp: str = "auto", channels_last: bool = True,
                     return_adv: bool | str = False, seed: int | None = 0, progress: bool = False,
-                    fold_bn: bool = True, check_monotonic: bool = True, **attack_kwargs) -> RobustAccuracy:
+                    fold_bn: bool | nn.Module = True, check_monotonic: bool = True,
+                    **attack_kwargs) -> RobustAccuracy:
     """Robust accuracy of `model` on (x [N, C, H, W] in [0, 1], y int64 [N]) — or a DataLoader of such batches passed
     as `x` — under `attack` at each eps of `eps_list` (image units; 0 gives the clean accuracy).
 
@@ -323,7 +324,7 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
     float32 even when the steps run in bfloat16 (`amp`: "auto" = bf16 where the hardware supports it, "bf16", "off");
     `channels_last` puts 4-D weights in channels_last format during the attack (faster convolutions); `fold_bn`
     takes the gradients from a copy with BatchNorm folded into the convolutions (same function, faster; verdicts
-    still come from the model itself in float32).
+    still come from the model itself in float32; pass `fold_batchnorm(model)` to fold once for many calls).
     `attack` is a key of `ATTACKS`, an ensemble ("autoattack": APGD-CE, APGD-T, FAB-T, Square) or a tuple of attack
     names; an ensemble's members run in turn, each on the points the previous ones left, and `result.fooled_by`
     says which member first fooled each point. `steps`/`restarts` go to the members that take them ("fgsm" is
@@ -366,8 +367,8 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
         if n_classes is None:  # once, on the first chunk's first points
             n_classes = _check_classifier(model, xb, yb)
             target.check_model(xb[:64])
-            if fold_bn:
-                target.use_folded(xb[:64], channels_last)
+            if fold_bn is not False:  # True: fold here; a module: the caller's folded copy
+                target.use_folded(xb[:64], channels_last, None if fold_bn is True else fold_bn)
         elif len(yb) and int(yb.max()) >= n_classes:
             raise ValueError(f"labels must be class indices in [0, {n_classes}) for this model with {n_classes} "
                              f"outputs, got label {int(yb.max())}: pass labels of the model's task")

@@ -275,40 +275,27 @@ def adapt(encoder: nn.Module, in_chans: int, image_size: int, resize: int | None
 
 # --------------------------------------------------------------------------------------------------------- data
 
-def _materialize(ds, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = data.subset_indices(len(ds), n, seed)
-    items = [ds[int(i)] for i in idx]
-    return torch.stack([x for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
-
-
 def load_card_data(spec: str, *, n_train: int, n_test: int, seed: int = 0, image_size: int | None = None,
                    data_root: str = "data") -> dict:
-    """{"task", "spec", "x_train", "y_train", "x_test", "y_test", "n_classes"} of a `--data` spec (see DATA_SPECS);
-    `n_train`/`n_test` points chosen by `seed` (the suite's loaders' rule). CardError on an unknown spec or
-    missing data."""
+    """{"task", "spec", "x_train", "y_train", "x_test", "y_test", "n_classes"} of a `--data` spec (see DATA_SPECS),
+    read by the suite's own task loaders (`utils.data.classification_task`): `cifar10:ROOT` is the task cifar10 with
+    `transfer_root=ROOT` (default size 32), `imagefolder:ROOT` the task imagenet with `imagenet_root=ROOT` (default
+    size 224); `n_train`/`n_test` points chosen by `seed`. CardError on an unknown spec or missing data."""
     kind, _, root = spec.partition(":")
+    tasks = {"cifar10": ("cifar10", "transfer_root", 32), "imagefolder": ("imagenet", "imagenet_root", 224)}
     try:
         if kind in SUITE_TASKS and not root:
             out = data.classification_task(kind, data_root=data_root, n_train=n_train, n_test=n_test, seed=seed)
-            return {**out, "spec": spec}
-        if kind == "cifar10" and root:
-            size = image_size or 32
-            tr = _materialize(data.load_torchvision_set("cifar10", root, "train", size), n_train, seed)
-            te = _materialize(data.load_torchvision_set("cifar10", root, "test", size), n_test, seed)
-            n_classes = 10
-        elif kind == "imagefolder" and root:
-            size = image_size or 224
-            sets = {s: data.load_image_folder(Path(root) / s, size, param="--data") for s in ("train", "val")}
-            if sets["train"].classes != sets["val"].classes:
-                raise CardError(f"{root}/train and {root}/val hold different class folders")
-            tr, te = _materialize(sets["train"], n_train, seed), _materialize(sets["val"], n_test, seed)
-            n_classes = len(sets["train"].classes)
+        elif kind in tasks and root:
+            task, key, size = tasks[kind]
+            out = data.classification_task(task, n_train=n_train, n_test=n_test, seed=seed,
+                                           **{key: root, "image_size": image_size or size})
+            out["task"] = kind
         else:
             raise CardError(f"unknown data spec {spec!r}: use one of {DATA_SPECS}")
-    except data.DataMissingError as e:
+    except (data.DataMissingError, data.DataCorruptError) as e:
         raise CardError(str(e)) from None
-    return {"task": kind, "spec": spec, "x_train": tr[0], "y_train": tr[1], "x_test": te[0], "y_test": te[1],
-            "n_classes": n_classes}
+    return {**out, "spec": spec}
 
 
 def resolve_baseline(baseline: str, task: str, profile: str, suite_cache=None) -> tuple[Path | None, str]:
