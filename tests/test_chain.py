@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -291,6 +292,24 @@ def test_torchrun_on_paper_mini_gives_the_single_process_verdicts(paper_mini_cha
         ours, ref = json.loads(sweep.read_text()), json.loads((ROOT / "cache" / "paper-mini" / "attacks" /
                                                                sweep.name).read_text())
         assert ours["params"] == ref["params"] and ours["result"] == ref["result"], sweep.name
+
+
+@pytest.mark.slow
+def test_02_sets_official_encoders_beside_their_published_top1(chain):
+    """With the official checkpoints (paper-mini's layouts), 02's table holds each encoder's published linear top-1
+    and the shortfall, flagged beyond `published_tolerance`; encoders trained here (smoke) have nothing to compare."""
+    profile, _ = chain
+    p = notebook_parameters(profile, "02")
+    t = _table("02_linear_eval.csv", profile)
+    if notebook_parameters(profile, "01")["epochs"] > 0:
+        assert "published_top1" not in t
+        return
+    rows = t[t.task == p["task"]]
+    assert len(rows) == len(p["methods"]) and rows["published_top1"].notna().all()
+    assert np.allclose(rows["shortfall"], rows["published_top1"] - 100 * rows["accuracy"])
+    flagged = rows["flags"].fillna("").str.contains("below_published")
+    assert flagged.tolist() == (rows["shortfall"] > p["published_tolerance"]).tolist()
+    assert t[t.task != p["task"]]["published_top1"].isna().all()
 
 
 # ---------------------------------------------------------------------------------- kill -9, then a rerun

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from utils import config, data, pipeline, preflight
+from utils import config, data, pipeline, preflight, stats
 from utils.checkpoints import REGISTRY
 from utils.models import Classifier, build_encoder, read_classifier, save_classifier
 
@@ -200,3 +201,20 @@ def test_classifier_on_an_official_encoder_reloads_from_its_file(tmp_path, metho
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
         assert torch.allclose(clf(x), again(x), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- published top-1 guard
+
+def test_published_check_flags_a_shortfall_and_names_the_causes():
+    table = pd.DataFrame({"model": ["supervised", "simclr", "dino", "dino"],
+                          "task": ["imagenet", "imagenet", "imagenet", "cifar10"],
+                          "accuracy": [0.755, 0.60, 0.752, 0.50], "n": [100] * 4})
+    published = {"supervised": 76.1, "simclr": 69.1, "dino": 75.3}
+    out, msg = stats.published_check(table, published, task="imagenet", published_task="imagenet", tolerance=2.0)
+    assert out["flags"].tolist() == ["", stats.BELOW_PUBLISHED, "", ""]  # only simclr is 9.1 points short
+    assert out["shortfall"].round(6).tolist()[:3] == [0.6, 9.1, 0.1] and np.isnan(out["shortfall"].iloc[3])
+    assert "simclr 60.0 vs 69.1" in msg and "normalization" in msg and "SAME" in msg
+    same, msg = stats.published_check(table, {}, task="imagenet", published_task="imagenet")
+    assert same is table and "trained here" in msg  # nothing to compare: the table is left as it is
+    same, _ = stats.published_check(table, published, task="fashion_mnist", published_task="imagenet")
+    assert same is table

@@ -205,6 +205,8 @@ _ROWS = [
 ]
 
 REGISTRY: dict[str, CheckpointSpec] = {row.method: row for row in _ROWS}
+# The task the registry's `linear_top1` values were measured on (ImageNet val, linear evaluation, top-1 %).
+PUBLISHED_TASK = "imagenet"
 
 
 def _spec(method: str) -> CheckpointSpec:

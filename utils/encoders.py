@@ -18,7 +18,7 @@ from typing import Sequence
 
 from torch import nn
 
-from utils.checkpoints import checkpoint_path, load_backbone
+from utils.checkpoints import REGISTRY, checkpoint_path, load_backbone
 from utils.config import notebook_parameters, output_dirs
 from utils.data import sources
 from utils.pretrain import pretrain_or_load
@@ -102,6 +102,14 @@ def notebook01_parameters(profile: str, cache_dir: str | Path | None = None) -> 
     """The parameters notebook 01 last ran with for `profile` (from its manifest): what later notebooks use when
     they need 01's settings (e.g. the pretraining recipe of notebook 04's factor ablation)."""
     return dict(_manifest(profile, cache_dir)["params01"])
+
+
+def published_top1(profile: str, methods: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, float]:
+    """{method: published linear top-1 (%)} for the official checkpoints notebook 01 loaded (the registry's values,
+    measured on `utils.checkpoints.PUBLISHED_TASK`); {} when 01 trained its encoders here."""
+    man = _manifest(profile, cache_dir)
+    return {m: REGISTRY[m].linear_top1 for m in methods
+            if man["encoders"].get(m, {}).get("kind") == "official" and REGISTRY[m].linear_top1 is not None}
 
 
 def load_encoders(profile: str, methods: Sequence[str], *, progress: bool = False, device: str = "cpu",

@@ -322,6 +322,37 @@ def quick_probe_verdict(table: pd.DataFrame, *, margin: float = 0.03, supervised
             f"by at least {100 * margin:.0f} points" + (f"; not: {', '.join(missed)}." if missed else "."))
 
 
+BELOW_PUBLISHED = "below_published"
+
+
+def published_check(table: pd.DataFrame, published: dict[str, float], *, task: str, published_task: str,
+                    tolerance: float = 2.0) -> tuple[pd.DataFrame, str]:
+    """The guard against the classic silent errors of robustness studies (wrong normalization, missing TF "SAME"
+    padding, wrong resize/crop): notebook 02's measured linear accuracy on `task` beside each encoder's published
+    linear top-1 (`published`, in %, measured on `published_task`); a shortfall of more than `tolerance` points adds
+    the flag `below_published` to that row. Returns (the table, with columns `published_top1` and `shortfall` when
+    there is anything to compare, else unchanged; one sentence)."""
+    if not published or task != published_task:
+        why = "the encoders were trained here" if not published else f"the in-domain task is {task}"
+        return table, f"no published linear top-1 to compare with ({why})."
+    out = table.copy()
+    rows = (out["task"] == task) & out["model"].isin(list(published))
+    out["published_top1"] = out["model"].map(published).where(rows)
+    out["shortfall"] = (out["published_top1"] - 100 * out["accuracy"]).where(rows)
+    low = rows & (out["shortfall"] > tolerance)
+    flags = out["flags"].fillna("") if "flags" in out else pd.Series("", index=out.index)
+    out["flags"] = flags.where(~low, (flags + ";" + BELOW_PUBLISHED).str.strip(";"))
+    if not low.any():
+        return out, (f"every encoder is within {tolerance:g} points of (or above) its published linear top-1 on "
+                     f"{task}.")
+    detail = ", ".join(f"{r.model} {100 * r.accuracy:.1f} vs {r.published_top1:.1f}" for r in out[low].itertuples())
+    return out, (f"{int(low.sum())} encoder(s) fall more than {tolerance:g} points below their published linear "
+                 f"top-1 on {task} ({detail}). Likely causes: the normalization inside the model (SimCLR v1 takes "
+                 f"unnormalized images, the others ImageNet mean/std), BYOL's TensorFlow 'SAME' padding, the resize and "
+                 f"centre crop (short side 256/224 of the crop); a probe fitted on a subset (n_probe_train) or with "
+                 f"fewer iterations (probe_epochs) also costs a few points.")
+
+
 def clean_accuracy_verdict(table: pd.DataFrame, *, supervised: str = SUPERVISED) -> str:
     """Notebook 02's result, one sentence per task from its linear-evaluation table (model, task, accuracy, n):
     supervised against the SSL encoders on clean test images, with the 95 % interval of the supervised accuracy."""
