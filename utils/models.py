@@ -210,9 +210,6 @@ def build_from_spec(spec: dict) -> Encoder:
 def encoder_spec(encoder: nn.Module) -> dict | None:
     """How to rebuild `encoder` (`build_from_spec`), or None for a module built elsewhere."""
     spec = getattr(encoder, "spec", None)
-    if spec is None and getattr(encoder, "arch", None) in ARCHS:  # a small encoder built before specs existed
-        spec = {"arch": encoder.arch, "in_chans": 1, "mean": list(FASHION_MEAN), "std": list(FASHION_STD),
-                "normalize": True, "tf_same_padding": False}
     return dict(spec) if spec is not None else None
 
 
@@ -248,16 +245,16 @@ def read_classifier(path: str | os.PathLike) -> tuple[Classifier, dict]:
         raise FileNotFoundError(f"classifier {path} is missing: run notebook 02 first "
                                 f"(`python -m utils.pipeline --only 02`).")
     state, meta = load_tensors(path)
-    if "n_classes" not in meta or not ({"arch", "encoder"} & set(meta)) or meta.get("encoder", meta.get("arch")) is None:
+    spec = meta.get("encoder")  # files written before specs were stored name a small Fashion-MNIST encoder's arch
+    if "n_classes" not in meta or (spec is None and meta.get("arch") is None):
         raise CorruptFileError(path, f"its metadata lacks encoder / n_classes (has {sorted(meta)}): it cannot be "
                                      f"rebuilt; rerun the notebook that made it")
-    spec = meta.get("encoder") or encoder_spec(build_encoder(meta["arch"]))
-    encoder = build_from_spec(spec)
+    encoder = build_from_spec(spec) if spec is not None else build_encoder(meta["arch"])
     clf = Classifier(encoder, nn.Linear(encoder.feat_dim, meta["n_classes"]))
     try:
         clf.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CorruptFileError(path, f"its weights do not fit a {meta['arch']} classifier ({str(e)[:160]})") from None
+        raise CorruptFileError(path, f"its weights do not fit a {encoder.arch} classifier ({str(e)[:160]})") from None
     return clf.eval(), meta
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from utils.checkpoints import REGISTRY, CheckpointNotFoundError, checkpoint_path
 from utils.config import MINIATURE_ROOT, notebook_parameters, repo_path
-from utils.data import task_problems
+from utils.data import sources, task_problems
 from utils.encoders import uses_official_checkpoints
 
 VOC_YEAR = "2012"
@@ -53,7 +53,7 @@ def problems(params_by_notebook: dict[str, dict]) -> list[str]:
     """Every missing input of the notebooks whose parameters are given ({"01": params, ...}), without repeats."""
     found: list[str] = []
     for nb, p in params_by_notebook.items():
-        roots = {k: p.get(k) for k in ("data_root", "imagenet_root", "transfer_root")}
+        roots = sources(p)
         if nb == "01" and uses_official_checkpoints(p):
             found += checkpoint_problems(p["methods"], p.get("checkpoint_root"))
         for key in ("task", "transfer_task"):
