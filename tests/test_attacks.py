@@ -378,3 +378,61 @@ def test_folded_gradients_keep_float32_verdicts_of_the_model(bn_model, data):
         assert torch.equal(on.robust_mask[j], clean & clean_correct(bn_model, on.x_adv[e], y)), e
         assert abs(on[e] - off[e]) <= 0.02, (e, on[e], off[e])
     assert on[8 / 255] < on[0] - 0.2  # the folded gradients do attack
+
+
+# ------------------------------------------------------------------------------------------- cycle detection
+
+@pytest.mark.parametrize("amp", ["off", "auto"])
+def test_cycle_detection_returns_the_same_points_and_verdicts(model, data, amp):
+    """Fixed-step linf PGD with a large step (eps/4) over many steps makes surviving iterates repeat: retiring them
+    early must give the very points and verdicts of the full run (float32 verdicts, and in bf16 too), with fewer
+    gradients. The test fails if no cycle was found (it would then prove nothing)."""
+    x, y = data[0][:160], data[1][:160]
+    grid = [0, 1 / 255, 2 / 255, 4 / 255]
+    runs = {cyc: robust_accuracy(model, x, y, eps_list=grid, steps=60, rel_step=0.25, amp=amp, cycles=cyc,
+                                 return_adv="all", batch_size=80)
+            for cyc in (False, True)}
+    full, fast = runs[False], runs[True]
+    assert torch.equal(full.robust_mask, fast.robust_mask)
+    assert all(torch.equal(full.x_adv[e], fast.x_adv[e]) for e in grid)
+    assert full.work["cycle_exits"] == 0 and full.work["grads_skipped"] == 0
+    assert fast.work["cycle_exits"] > 20
+    assert fast.work["grads"] + fast.work["grads_skipped"] == full.work["grads"]
+    assert fast.work["grads"] < 0.8 * full.work["grads"]
+
+
+def test_cycle_detection_with_restarts_and_public_pgd(model, data):
+    x, y = data[0][:96], data[1][:96]
+    a = pgd(model, x, y, eps=2 / 255, steps=40, rel_step=0.25, restarts=2, amp="off", seed=3, cycles=False)
+    b = pgd(model, x, y, eps=2 / 255, steps=40, rel_step=0.25, restarts=2, amp="off", seed=3)
+    assert torch.equal(a, b)
+
+
+def test_cycle_jump_lands_on_the_last_iterate():
+    """One pixel at 0.5, eps 0.25, step = eps, no random start: the loss rises towards 0.7, so the iterates alternate
+    0.5, 0.75, 0.5, ... (period 2). The model is fooled at 0.75 only, and (as with bf16 steps) the gradient passes
+    report nothing fooled: only the float32 judgement of the last iterate can find it. That iterate is 0.75 for odd
+    `steps` and 0.5 for even ones; the cycle jump must judge the point there, with fewer gradients."""
+    from utils.attacks.kernels import pgd_kernel
+    from utils.attacks.target import ClassifierTarget
+
+    class Bump(nn.Module):
+        def forward(self, x):
+            v = x.flatten(1)[:, :1]
+            return torch.cat([torch.zeros_like(v), 1 - 64 * (v - 0.7) ** 2], 1)
+
+    class BlindSteps(ClassifierTarget):  # gradient passes see nothing fooled, as a low-precision pass might
+        def evaluate(self, x, y, loss="ce", step=0, need_grad=True, t=None):
+            ev = super().evaluate(x, y, loss, step, need_grad, t)
+            return ev._replace(fooled=torch.zeros_like(ev.fooled)) if need_grad else ev
+
+    x, y = torch.full((1, 1, 1, 1), 0.5), torch.zeros(1, dtype=torch.long)
+    for steps, fooled in ((9, True), (10, False)):
+        out = {}
+        for cyc in (False, True):
+            t = BlindSteps(Bump(), amp="off")
+            x_adv, f = pgd_kernel(t, x, y, eps=0.25, steps=steps, rel_step=1.0, random_start=False, cycles=cyc)
+            out[cyc] = (x_adv.clone(), f.clone(), t.n_cycle_exits, t.n_grads)
+        assert bool(out[False][1]) is fooled
+        assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+        assert out[True][2] == 1 and out[False][2] == 0 and out[True][3] < out[False][3]

@@ -272,13 +272,21 @@ def test_03_teaching_section_is_fast_and_its_pgd_gives_the_kernels_verdicts(chai
     assert first < grid
 
 
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @pytest.mark.slow
 def test_torchrun_on_paper_mini_gives_the_single_process_verdicts(paper_mini_chain, tmp_path):
     """The paper profile's torchrun entry, 2 gloo processes on the CPU, over notebook 02's classifiers (official
     ResNet-50 layouts): every sweep it writes holds exactly the per-point results notebook 03 computed in one process
     (PGD L-inf over 03's eps grid, each of the 16 classifiers)."""
     cache = tmp_path / "cache" / "paper-mini"
-    shutil.copytree(ROOT / "cache" / "paper-mini" / "classifiers", cache / "classifiers")
+    # hard links where the file system allows (the classifiers are ResNet-50s, gigabytes in all), else copies
+    shutil.copytree(ROOT / "cache" / "paper-mini" / "classifiers", cache / "classifiers", copy_function=_link_or_copy)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SSL_ADV_OUTPUT_ROOT": str(tmp_path)}
     r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", "-m", "utils.robustness",

@@ -101,7 +101,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 10,
         rel_step: float | None = None, restarts: int = 1, random_start: bool = True, loss: str | Callable = "ce",
         keep: str = "first-fooling", amp: str = "auto", channels_last: bool = True, fold_bn: bool = True,
-        seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        seed: int | None = None, generator: torch.Generator | None = None, cycles: bool = True) -> torch.Tensor:
     """PGD with `restarts` random starts of `steps` steps of size rel_step * eps (default rel_step = 2.5 / steps).
 
     x [N, C, H, W] in [0, 1], y int64 [N]; loss "ce" (cross-entropy), "cw" (margin) or a callable
@@ -109,6 +109,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     keep="first-fooling" the first fooling iterate found, else the highest-loss one; keep="best-loss" the
     highest-loss iterate; keep="last" the last iterate of one restart (hard examples for adversarial training).
     Random starts come from `generator`, else from a generator seeded with `seed`, else from torch's global RNG.
+    `cycles`: linf first-fooling PGD retires a surviving point whose iterate repeats (same result, fewer gradients;
+    see `utils.attacks.kernels.CYCLE_SAVE_GAP`).
     """
     check_options(norm, steps, restarts, rel_step, loss, ("ce", "cw"))
     choice(keep, KEEP_MODES, "keep")
@@ -116,7 +118,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         raise ValueError("keep='last' returns the last iterate of one restart: pass restarts=1")
     return _run_public(pgd_kernel, model, x, y, eps=eps, norm=norm, amp=amp, channels_last=channels_last, seed=seed,
                        generator=generator, fold_bn=fold_bn, steps=int(steps), rel_step=rel_step,
-                       restarts=int(restarts), random_start=random_start, loss=loss, keep=keep)
+                       restarts=int(restarts), random_start=random_start, loss=loss, keep=keep,
+                       cycles=bool(cycles))
 
 
 def pgd_objective(objective: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, *, eps: float,
@@ -188,18 +191,21 @@ class RobustAccuracy(dict):
     eps j, input order), `x_adv` {eps: float32 [n, C, H, W] on the CPU} (only the eps asked for via `return_adv`),
     `members` (the attacks run, in order) and `fooled_by` int8 [len(eps), n]: the index in `members` of the attack
     that first fooled point i at eps j or a smaller eps, NOT_FOOLED (-1) for a robust point, WRONG_CLEAN (-2) for a
-    point misclassified without attack.
+    point misclassified without attack. `work`: {"grads": per-point input gradients computed, "cycle_exits": points
+    that PGD's cycle detection retired early, "grads_skipped": the gradients they did not need}.
     """
 
     def __init__(self, accuracies: dict, *, flags: list[str], n: int, attack: str, norm: str, steps: int,
                  restarts: int, robust_mask: torch.Tensor, x_adv: dict | None = None,
-                 fooled_by: torch.Tensor | None = None, members: list[str] | None = None):
+                 fooled_by: torch.Tensor | None = None, members: list[str] | None = None,
+                 work: dict | None = None):
         super().__init__(accuracies)
         self.flags, self.n, self.attack, self.norm = list(flags), n, attack, norm
         self.steps, self.restarts, self.robust_mask = steps, restarts, robust_mask
         self.eps = list(accuracies)
         self.x_adv = x_adv or {}
         self.fooled_by, self.members = fooled_by, list(members or [attack])
+        self.work = dict(work or {})
 
     def fooled_by_counts(self) -> dict[float, dict[str, int]]:
         """{eps: {member: points it fooled first (at this eps or a smaller one)}} from `fooled_by`."""
@@ -247,8 +253,8 @@ def _chunks(x, y, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]
 
 
 # Members of an ensemble and the options each takes; kernels in CARRY resume from the best point of the smaller ball.
-MEMBER_OPTIONS = {"fgsm": (), "pgd": ("steps", "restarts", "rel_step", "random_start"),
-                  "cw": ("steps", "restarts", "rel_step", "random_start"), "apgd-ce": ("steps", "restarts"),
+MEMBER_OPTIONS = {"fgsm": (), "pgd": ("steps", "restarts", "rel_step", "random_start", "cycles"),
+                  "cw": ("steps", "restarts", "rel_step", "random_start", "cycles"), "apgd-ce": ("steps", "restarts"),
                   "apgd-dlr": ("steps", "restarts"), "apgd-t": ("steps", "restarts", "n_targets"),
                   "fab-t": ("steps", "n_targets"), "square": ("n_queries",)}
 CARRY = {"fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t"}
@@ -386,6 +392,8 @@ def robust_accuracy(model: nn.Module, x, y: torch.Tensor | None = None, *, eps_l
     result = RobustAccuracy(accs, flags=flags, n=robust_mask.shape[1], attack=name, norm=norm, steps=int(steps),
                             restarts=int(restarts), robust_mask=robust_mask,
                             x_adv={e: torch.cat(a) for e, a in advs.items()}, fooled_by=torch.cat(bys, dim=1),
-                            members=[m for m, _, _ in members])
+                            members=[m for m, _, _ in members],
+                            work={"grads": target.n_grads, "cycle_exits": target.n_cycle_exits,
+                                  "grads_skipped": target.n_grads_skipped})
     _warn_flags(flags, f"robust_accuracy({name}/{norm})")
     return result

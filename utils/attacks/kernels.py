@@ -94,15 +94,51 @@ def into(xa: torch.Tensor, s: dict, eps: float, norm: str) -> torch.Tensor:
     return project(xa, s["x0"], eps, norm)
 
 
+# Cycle detection (Doldo et al., CVPR 2025, "Stop walking in circles"): under fixed-step linf PGD a surviving point's
+# iterate often returns exactly to an earlier one (the sign steps pin most pixels to the ball's faces, and the rest
+# oscillate). The iteration x -> into(x + alpha * sign(grad(x))) is a function of x, so from a repeat on the point walks
+# the same cycle until the last step: no later iterate can fool it, except that the last iterate is judged in float32.
+# A point whose iterate i equals its saved iterate s therefore jumps to the iterate the last step would reach, the one
+# (steps - i) mod (i - s) steps ahead, runs just those steps and is judged there as at the end. The saved iterate is
+# renewed at steps 1, 2, 4, ..., then every CYCLE_SAVE_GAP steps: cycles up to that period are caught once the saved
+# iterate lies on them. Exact as long as the gradient of a point does not depend on the other points in its batch.
+CYCLE_SAVE_GAP = 32
+
+
+def _save_step(i: int) -> bool:
+    return i > 0 and (i & (i - 1) == 0 or i % CYCLE_SAVE_GAP == 0) if i <= CYCLE_SAVE_GAP else i % CYCLE_SAVE_GAP == 0
+
+
+def _evaluate_split(target, s: dict, loss, i: int, last: torch.Tensor) -> Eval:
+    """Evaluate the working batch at step i: points in `last` (bool [n]) as final iterates (float32, no gradient),
+    the rest with a gradient. One call when all points are alike."""
+    if not bool(last.any()):
+        return target.evaluate(s["xa"], s["y"], loss, i)
+    if bool(last.all()):
+        return target.evaluate(s["xa"], s["y"], loss, i, need_grad=False)
+    fin, run = last.nonzero().squeeze(1), (~last).nonzero().squeeze(1)
+    a = target.evaluate(s["xa"][run], s["y"][run], loss, i)
+    b = target.evaluate(s["xa"][fin], s["y"][fin], loss, i, need_grad=False)
+    lossv = torch.empty(len(last), device=a.loss.device, dtype=a.loss.dtype)
+    grad = torch.zeros_like(s["xa"])
+    fooled = torch.empty(len(last), dtype=torch.bool, device=a.fooled.device)
+    lossv[run], lossv[fin] = a.loss, b.loss
+    grad[run] = a.grad
+    fooled[run], fooled[fin] = a.fooled, b.fooled
+    return Eval(lossv, grad, fooled, a.exact)  # the float32 part is exact; the record re-judges inexact survivors
+
+
 def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10, rel_step: float | None = None,
                restarts: int = 1, random_start: bool = True, loss="ce", keep: str = "first-fooling", x_init=None,
-               generator=None):
+               generator=None, cycles: bool = True):
     """Projected gradient ascent (Madry et al. 2018) with a fixed step rel_step * eps along sign(grad) (linf) or
     grad / ||grad|| (l2); `loss` is a name in LOSSES or a callable (logits, y) -> [N] (ignored by an objective).
 
     keep="first-fooling": each restart evaluates `steps` gradients, then the last iterate without one; a point leaves
     the batch when fooled. keep="best-loss": every point runs every step; its highest-loss iterate is returned.
     keep="last": one restart of `steps` gradient steps, the last iterate returned, no verdict (fooled is None).
+    `cycles` (linf, keep="first-fooling"): a surviving point whose iterate repeats skips the rest of its cycle (see
+    CYCLE_SAVE_GAP above); the returned points and verdicts are the same as without it.
     """
     alpha = (2.5 / steps if rel_step is None else rel_step) * eps
     every = torch.arange(len(x), device=x.device)
@@ -113,17 +149,39 @@ def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10,
             s["xa"] = into(torch.add(s["xa"], unit_direction(ev.grad, norm), alpha=alpha), s, eps, norm)
         return s["xa"], None
     rec = Record(x if x_init is None else x_init, stop_when_fooled=keep == "first-fooling")
+    watch = cycles and norm == "linf" and rec.stop_when_fooled and steps >= 3
     for r in range(restarts):
         ids = (~rec.fooled).nonzero().squeeze(1) if rec.stop_when_fooled else every
         if len(ids) == 0:
             break
         s = begin(x, y, ids, eps, norm, r, x_init, random_start, generator)
+        if watch:  # end: the step at which a point is judged as a last iterate; saved: its iterate at step saved_at
+            s.update(end=torch.full((len(ids),), steps, device=x.device), saved=s["xa"].clone())
+            saved_at = 0
         for i in range(steps + 1):
-            ev = target.evaluate(s["xa"], s["y"], loss, i, need_grad=i < steps)
+            if watch and i > 0:
+                if i < steps:
+                    again = (s["xa"] == s["saved"]).flatten(1).all(1) & (s["end"] == steps)
+                    if bool(again.any()):
+                        period = i - saved_at
+                        s["end"][again] = i + (steps - i) % period
+                        target.n_cycle_exits += int(again.sum())
+                        target.n_grads_skipped += int(again.sum()) * (steps - i) - int((s["end"][again] - i).sum())
+                last = s["end"] == i
+                ev = _evaluate_split(target, s, loss, i, last) if i < steps else target.evaluate(
+                    s["xa"], s["y"], loss, i, need_grad=False)
+            else:
+                last = None
+                ev = target.evaluate(s["xa"], s["y"], loss, i, need_grad=i < steps)
             s["grad"] = ev.grad
-            s = compact(s, rec.update(s["ids"], s["xa"], ev))
+            keep_going = rec.update(s["ids"], s["xa"], ev)
+            if last is not None:
+                keep_going = keep_going & ~last
+            s = compact(s, keep_going)
             if i == steps or len(s["ids"]) == 0:
                 break
+            if watch and _save_step(i):
+                s["saved"], saved_at = s["xa"].clone(), i
             s["xa"] = into(torch.add(s["xa"], unit_direction(s["grad"], norm), alpha=alpha), s, eps, norm)
     return rec.result(target, y)
 

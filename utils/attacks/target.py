@@ -40,6 +40,8 @@ class GradientCounters:
 
     def __init__(self):
         self.n_grads = self.n_zero_grads = self.n_nan_grads = self.n_nonfinite_logits = self.n_no_path = 0
+        # PGD's cycle detection: points retired on a repeated iterate, and the per-point gradients they did not need
+        self.n_cycle_exits = self.n_grads_skipped = 0
         self.model_flags: list[str] = []
 
     def check(self, grad: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
