@@ -4,6 +4,8 @@
     .venv/bin/python bench/attacks.py --attack autoattack --n 500       # CPU: AutoAttack (standard) vs our ensemble
     .venv/bin/python bench/attacks.py --archs resnet_micro,resnet_tiny,resnet_small --seeds 0,1,2   # PGD strength
     .venv/bin/python bench/attacks.py --device cuda --arch resnet50 --size 224   # GPU: float32 and bfloat16
+    .venv/bin/python bench/attacks.py --background 2                    # CPU, beside a 2-thread training job
+    .venv/bin/python bench/attacks.py --table --n 10000                 # cost table: points x steps, ours only
 
 `--attack autoattack`: torchattacks' `AutoAttack(version="standard")` (APGD-CE, APGD-T, FAB-T, Square 5,000 queries;
 torchattacks' default 10 steps each, 9 target classes) run once per eps, against `robust_accuracy(attack="autoattack")`
@@ -126,6 +128,40 @@ def train_resnet50(size: int, steps: int, data_root: Path, device: str, batch_si
     return model.eval()
 
 
+# Another job on the machine, for `--background`: a small ResNet trained on random images in a loop, with its own
+# torch thread count (a notebook worker, or someone else's training run), until the benchmark ends.
+BACKGROUND_JOB = """
+import sys, torch
+from torch import nn
+torch.set_num_threads(int(sys.argv[1]))
+sys.path.insert(0, sys.argv[2])
+from utils.models import Classifier, build_encoder
+enc = build_encoder("resnet_tiny")
+net = Classifier(enc, nn.Linear(enc.feat_dim, 10))
+opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
+while True:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(net(x).float(), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+
+def start_background(threads: int):
+    """Start `BACKGROUND_JOB` with `threads` torch threads (0: none started) and let it warm up; returns the process."""
+    import subprocess
+
+    if threads <= 0:
+        return None
+    proc = subprocess.Popen([sys.executable, "-c", BACKGROUND_JOB, str(threads), str(ROOT)])
+    time.sleep(5)
+    if proc.poll() is not None:
+        raise SystemExit(f"the background job exited with code {proc.returncode}")
+    return proc
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -228,6 +264,30 @@ def strength_table(args, eps_grid, rel_step) -> int:
     return 0 if ok else 1
 
 
+def cost_table(args, model, x_all, y_all, device: str) -> int:
+    """How the kernel's cost grows with points and steps: `robust_accuracy` (PGD, linf, the default options) on the
+    first n points for each n of --table-n and each step count of --table-steps, at the grid {0, --table-eps}; prints
+    seconds, per-point gradients computed, image-steps per second and the points that cycle detection retired."""
+    eps = float(args.table_eps) / 255
+    ns = [int(v) for v in args.table_n.split(",")]
+    if max(ns) > len(x_all):
+        raise SystemExit(f"--table-n asks for {max(ns)} points; pass --n {max(ns)} (the test split has 10,000)")
+    print(f"\ncost table: PGD linf eps={args.table_eps}/255 (grid {{0, eps}}), step 2.5/steps*eps, random start, "
+          f"first-fooling, amp='auto', batch {args.batch_size}")
+    print(f"{'n':>6s} {'steps':>5s} {'seconds':>8s} {'grads':>9s} {'img-steps/s':>12s} {'cycle exits':>11s} {'acc':>6s}")
+    for n in ns:
+        for steps in [int(v) for v in args.table_steps.split(",")]:
+            sync(device)
+            t0 = time.perf_counter()
+            r = robust_accuracy(model, x_all[:n], y_all[:n], eps_list=[0.0, eps], steps=steps,
+                                batch_size=args.batch_size, seed=0)
+            sync(device)
+            sec = time.perf_counter() - t0
+            print(f"{n:6d} {steps:5d} {sec:8.2f} {r.work['grads']:9d} {r.work['grads'] / sec:12.0f} "
+                  f"{r.work['cycle_exits']:11d} {r[eps]:6.3f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="points to attack")
@@ -244,6 +304,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for both sides (0: torch's default). 1 by default: on a 2-core CPU shared "
                          "with other jobs, 2 OpenMP threads spin against them and the timings become a lottery")
+    ap.add_argument("--table", action="store_true",
+                    help="print the cost table (points x steps, ours only) instead of the comparison")
+    ap.add_argument("--table-n", default="1000,5000,10000")
+    ap.add_argument("--table-steps", default="10,50,100")
+    ap.add_argument("--table-eps", default="2", help="the table's radius, in units of 1/255")
+    ap.add_argument("--background", type=int, default=0, metavar="THREADS",
+                    help="time both sides beside another job: a small ResNet training in a loop with THREADS torch "
+                         "threads (0: none; idle machine)")
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--attack", default="pgd", choices=["pgd", "autoattack"])
     ap.add_argument("--archs", default="", help="comma-separated small archs: PGD strength table over models x seeds")
@@ -278,6 +346,8 @@ def main(argv=None) -> int:
         model = train_small(args.arch, args.epochs, Path(args.data_root)).to(device)
         x, y = x.to(device), y.to(device)
         model_desc = f"{args.arch} + linear head, trained {args.epochs} epochs on Fashion-MNIST"
+    if args.table:
+        return cost_table(args, model, x, y, device)
     what = ("AutoAttack standard (APGD-CE, APGD-T 9 targets, FAB-T 9 targets, Square 5000 queries)"
             if args.attack == "autoattack" else f"linf PGD alpha={rel_step:.3g}*eps, random start")
     print(f"model: {model_desc}; n={len(x)}, {what}, steps={args.steps}, eps*255={args.eps}")
@@ -302,7 +372,15 @@ def main(argv=None) -> int:
     if device.startswith("cuda"):  # warm up kernels and cuDNN's choices on a few points, untimed
         compare(sides, x[:32], y[:32], 32, device)
     torch.manual_seed(0)
-    masks, seconds = compare(sides, x, y, args.batch_size, device)
+    background = start_background(args.background)
+    if background is not None:
+        print(f"beside another job: a resnet_tiny training loop with {args.background} torch thread(s)")
+    try:
+        masks, seconds = compare(sides, x, y, args.batch_size, device)
+    finally:
+        if background is not None:
+            background.kill()
+            background.wait()
     ta, ta_time = masks.pop("torchattacks"), seconds.pop("torchattacks")
     print(f"(sides interleaved chunk by chunk, {args.batch_size} points per chunk, so that all see the same load)")
     results = []

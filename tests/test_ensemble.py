@@ -58,8 +58,8 @@ def test_pgd_l2_as_strong_as_torchattacks(model, points):
 
 
 def test_the_cascade_is_as_strong_as_an_independent_attack(model, points):
-    """The eps grid walked once (survivors of a smaller ball resume from their best point AND start afresh) is not
-    weaker than torchattacks' PGD run on every point at each eps, over three seeds."""
+    """The eps grid walked once (survivors of a smaller ball resume from their best point plus a random offset in the
+    larger ball) is not weaker than torchattacks' PGD run on every point at each eps, over three seeds."""
     x, y = points
     grid = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
     for seed in range(3):

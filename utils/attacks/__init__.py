@@ -22,8 +22,12 @@ Conventions (every function here):
   {0,1,2,4,8,16}/255, 10 steps, one CPU thread; speed-up over torchattacks' PGD): the eps grid walked once with points
   leaving the batch as soon as they are fooled, no parameter gradients, float32: 2.2x; + bf16 autocast for the
   gradient steps (`amp`): 3.2x; + channels_last weights: 3.6-4.1x; BatchNorm folded into the convolutions of the
-  gradient oracle (`fold_bn`; verdicts still from the model): a further 13 % (2 threads). torch.compile / CUDA
-  graphs are not used: the batch shrinks as points are fooled, so shapes change at nearly every step.
+  gradient oracle (`fold_bn`; verdicts still from the model): a further 13 % (2 threads). Since the cascade became as
+  strong as an independent attack at every eps (one run per eps from the carried point plus a random offset),
+  3.5x (1 thread) and 3.5x (2 threads) idle, 2.8-4.2x beside another training job (2026-11-29). Cycle detection
+  (`pgd_kernel`, linf) saves gradients only where iterates repeat: long runs with a large fixed step
+  (`bench/cycles.py`). torch.compile of the gradient oracle: 1.28x a step on resnet_tiny for 23 s of compiling, so
+  not used; CUDA graphs neither: the batch shrinks as points are fooled, so shapes change at nearly every step.
 
 Layout (one loop per attack, one PGD loop for every use):
     geometry  losses (ce, cw, dlr), the eps-ball (project, random start), input checks, sanity-flag names

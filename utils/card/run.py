@@ -160,15 +160,14 @@ class Stages:
 
 def attack_passes(s: CardSettings, survive: list[float], members: bool = True, steps: int | None = None) -> float:
     """Forward + backward passes per test point an attack over the grid needs, when a fraction `survive[j]` of the
-    points is still robust at eps j (j = 0: clean). APGD-CE (`steps`, default the card's) runs on what the smaller
-    ball left, and once more from a fresh start in each larger ball (with one restart); with `members` APGD-T, FAB-T
+    points is still robust at eps j (j = 0: clean). APGD-CE (`steps`, default the card's) runs once on what the
+    smaller ball left (`utils.attacks.api._attack_chunk`); with `members` APGD-T, FAB-T
     (FAB_PASSES a step) and Square (SQUARE_PASSES a query) follow on what APGD-CE left."""
     total, budget = 0.0, (steps or s.steps) * s.restarts
     for j in range(1, len(survive)):
-        runs = 2 if (j > 1 and s.restarts == 1) else 1
-        total += survive[j - 1] * budget * runs
+        total += survive[j - 1] * budget
         if members:
-            total += survive[j] * (s.n_targets * budget * runs + s.n_targets * s.steps * FAB_PASSES
+            total += survive[j] * (s.n_targets * budget + s.n_targets * s.steps * FAB_PASSES
                                    + s.n_queries * SQUARE_PASSES)
     return total
 
