@@ -42,7 +42,7 @@ from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device, resolve_
 from utils.store import cached_json, points_digest, weights_digest
 
 # Bump when a change of the kernel changes what a cached sweep would hold (invalidates attack caches).
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4  # 4: one run per eps in the cascade (carried point + random offset)
 
 
 # -------------------------------------------------------------------------------------------------- sharded sweeps
