@@ -116,3 +116,29 @@ def test_same_seed_same_numbers():
     a = robustness.sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
     b = robustness.sharded_robust_accuracy(clf, x, y, eps_list=[0, 0.05], steps=2, seed=1)
     assert torch.equal(a.robust_mask, b.robust_mask)
+
+
+def test_git_commit_is_dirty_for_code_not_for_the_runs_own_outputs(tmp_path):
+    """A chain rewrites the committed figures and README numbers itself: that must not mark its own provenance
+    "-dirty"; a changed code file must."""
+    import subprocess
+
+    from utils.store import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "f.png").write_bytes(b"a")
+    (tmp_path / "README.md").write_text("a")
+    (tmp_path / "code.py").write_text("a")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    clean = git_commit(tmp_path)
+    assert clean != "unknown" and not clean.endswith("-dirty")
+    (tmp_path / "figures" / "f.png").write_bytes(b"b")
+    (tmp_path / "README.md").write_text("b")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("b")
+    assert git_commit(tmp_path) == clean + "-dirty"

@@ -229,12 +229,21 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
     return state, meta
 
 
+# What a chain writes into tracked files itself (the cpu figures and the tables the README quotes): a change there is
+# the run's output, not uncommitted code, so it does not mark a commit "-dirty".
+RUN_OUTPUTS = ("figures", "README.md")
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    """HEAD's short hash, with "-dirty" when a tracked file other than the run's own outputs differs from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
                              capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                               + [f":(exclude){p}" for p in RUN_OUTPUTS], cwd=top or cwd or Path(__file__).parent,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except Exception:
