@@ -236,14 +236,14 @@ RUN_OUTPUTS = ("figures", "README.md")
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
     """HEAD's short hash, with "-dirty" when a tracked file other than the run's own outputs differs from it."""
+    where = cwd or Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=where,
                              capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() or "unknown"
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
-                               + [f":(exclude){p}" for p in RUN_OUTPUTS], cwd=top or cwd or Path(__file__).parent,
+        # pathspecs from the repository's top, whatever `where` is inside it
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/"]
+                               + [f":(top,exclude){p}" for p in RUN_OUTPUTS], cwd=where,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except Exception:

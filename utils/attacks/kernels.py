@@ -106,7 +106,8 @@ CYCLE_SAVE_GAP = 32
 
 
 def _save_step(i: int) -> bool:
-    return i > 0 and (i & (i - 1) == 0 or i % CYCLE_SAVE_GAP == 0) if i <= CYCLE_SAVE_GAP else i % CYCLE_SAVE_GAP == 0
+    """Steps after which the saved iterate is renewed: 1, 2, 4, ..., CYCLE_SAVE_GAP, then every CYCLE_SAVE_GAP."""
+    return i > 0 and (i % CYCLE_SAVE_GAP == 0 or (i < CYCLE_SAVE_GAP and i & (i - 1) == 0))
 
 
 def _evaluate_split(target, s: dict, loss, i: int, last: torch.Tensor) -> Eval:
@@ -159,17 +160,15 @@ def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10,
             s.update(end=torch.full((len(ids),), steps, device=x.device), saved=s["xa"].clone())
             saved_at = 0
         for i in range(steps + 1):
-            if watch and i > 0:
-                if i < steps:
+            if watch:
+                if 0 < i < steps:
                     again = (s["xa"] == s["saved"]).flatten(1).all(1) & (s["end"] == steps)
                     if bool(again.any()):
-                        period = i - saved_at
-                        s["end"][again] = i + (steps - i) % period
+                        s["end"][again] = i + (steps - i) % (i - saved_at)
                         target.n_cycle_exits += int(again.sum())
-                        target.n_grads_skipped += int(again.sum()) * (steps - i) - int((s["end"][again] - i).sum())
-                last = s["end"] == i
-                ev = _evaluate_split(target, s, loss, i, last) if i < steps else target.evaluate(
-                    s["xa"], s["y"], loss, i, need_grad=False)
+                        target.n_grads_skipped += int((steps - s["end"][again]).sum())
+                last = s["end"] == i  # all points at i == steps
+                ev = _evaluate_split(target, s, loss, i, last)
             else:
                 last = None
                 ev = target.evaluate(s["xa"], s["y"], loss, i, need_grad=i < steps)
