@@ -186,6 +186,50 @@ def test_03_has_a_row_for_every_model_task_attack_eps(chain):
 
 
 @pytest.mark.slow
+def test_seed_replicates_run_through_01_02_03_and_the_seed_gaps_agree_with_the_headline(chain):
+    """Notebook 01's `seeds` x `seed_methods` reach 02 and 03: one row per seeded method x seed in 01_seeds and
+    02_seeds (the first seed's rows equal the main tables'), a 03_seed_gaps row per seeded SSL method x task x
+    eps, and each first-seed gap there equal to the PGD gap of 03's headline table (same masks)."""
+    profile, _ = chain
+    p01, p03 = notebook_parameters(profile, "01"), notebook_parameters(profile, "03")
+    n, chosen = p01["seeds"], p01["seed_methods"]
+    out = ROOT / "results" / profile
+    if n == 1 or not chosen:  # paper-mini: official checkpoints, one file per method
+        for name in ("01_seeds.csv", "02_seeds.csv", "03_seed_gaps.csv"):
+            assert len(pd.read_csv(out / name)) == 0, name
+        assert not (ROOT / "figures" / profile / "03_seed_gaps.png").exists()
+        return
+    seeds = [p01["seed"] + k for k in range(n)]
+    s01 = _table("01_seeds.csv", profile)
+    assert sorted(zip(s01.method, s01.seed)) == sorted((m, s) for m in chosen for s in seeds)
+    main01 = _table("01_encoders.csv", profile).set_index("method")
+    for r in s01[s01.seed == p01["seed"]].itertuples():
+        assert r.probe_accuracy == main01.loc[r.method, "probe_accuracy"]
+    s02 = _table("02_seeds.csv", profile)
+    tasks = [p03["task"], p03["transfer_task"]]
+    assert sorted(zip(s02.method, s02.seed, s02.task)) == sorted((m, s, t) for m in chosen for s in seeds
+                                                                  for t in tasks)
+    main02 = _table("02_linear_eval.csv", profile).set_index(["model", "task"])
+    assert len(main02) == len(p01["methods"]) * len(tasks), "seed replicates leaked into 02's main table"
+    for r in s02[s02.seed == p01["seed"]].itertuples():
+        assert r.accuracy == main02.loc[(r.method, r.task), "accuracy"]
+    assert s02.groupby(["method", "task"]).accuracy.nunique().max() > 1, "every seed gave the same accuracy"
+    sg = _table("03_seed_gaps.csv", profile)
+    ssl = [m for m in chosen if m != "supervised"]
+    assert sorted(zip(sg.model, sg.task, sg.eps.round(8))) == sorted(
+        (m, t, round(e, 8)) for m in ssl for t in tasks for e in sorted(set(p03["eps_linf"])))
+    assert (sg.n_seeds == n).all() and (sg.steps == p03["steps"]).all()
+    headline = _table("03_gap_ci.csv", profile)
+    headline = headline[(headline.attack == "pgd") & (headline.norm == "linf")]
+    headline = headline.set_index(["model", "task", headline.eps.round(8)])
+    for r in sg.itertuples():
+        per_seed = [float(v) for v in str(r.seed_gaps).split(";")]
+        assert abs(per_seed[0] - headline.loc[(r.model, r.task, round(r.eps, 8)), "gap"]) < 1e-6, r
+        assert abs(sum(per_seed) / n - r.gap) < 1e-6 and r.lo <= r.gap + 1e-9 <= r.hi + 2e-9
+    assert (ROOT / "figures" / profile / "03_seed_gaps.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
 def test_03_accuracy_at_eps0_is_the_clean_accuracy_of_02(chain):
     profile, _ = chain
     n_test, n_attack = notebook_parameters(profile, "02")["n_test"], notebook_parameters(profile, "03")["n_attack"]

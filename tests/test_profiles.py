@@ -218,3 +218,18 @@ def test_published_check_flags_a_shortfall_and_names_the_causes():
     assert same is table and "trained here" in msg  # nothing to compare: the table is left as it is
     same, _ = stats.published_check(table, published, task="fashion_mnist", published_task="imagenet")
     assert same is table
+
+
+def test_seed_replicates_are_named_seeded_and_refused_where_they_cannot_be_honoured():
+    from utils.encoders import seed_replicates
+    p = config.notebook_parameters("cpu", "01")
+    reps = seed_replicates(p)
+    assert reps == {f"{m}@seed{s}": (m, s) for m in p["seed_methods"] for s in range(1, p["seeds"])}
+    assert seed_replicates({**p, "seed": 5})["simclr@seed7"] == ("simclr", 7)
+    assert seed_replicates({**p, "seeds": 1}) == {} and seed_replicates({**p, "seed_methods": []}) == {}
+    for bad, match in (({"seeds": 0}, "seeds must be >= 1"), ({"seed_methods": ["simclr", "byol"]}, "supervised"),
+                       ({"seed_methods": ["supervised", "mae"]}, "not among methods"),
+                       ({"epochs": 0}, "official checkpoints")):
+        with pytest.raises(ValueError, match=match):
+            seed_replicates({**p, **bad})
+    assert seed_replicates(config.notebook_parameters("paper", "01")) == {}  # official checkpoints: one file per method

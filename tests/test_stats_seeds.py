@@ -7,6 +7,7 @@ point i has a difficulty u_i ~ U(0, 1) shared by all seeds and models; the model
 u_i + noise < q_s, with its threshold q_s = p + tau * N(0, 1) varying from seed to seed. Away from 0 and 1 a model's
 expected accuracy is its mean threshold p, so the true SSL-minus-supervised gap is P_SSL - P_SUP.
 """
+import pandas as pd
 import pytest
 import torch
 
@@ -107,3 +108,69 @@ def test_the_masks_must_pair_the_models_on_every_seed():
         stats.hierarchical_gap_ci({0: {"supervised": m, "simclr": m, "byol": m}})
     with pytest.raises(ValueError, match="same points"):
         stats.hierarchical_gap_ci({0: {"supervised": m, "ssl": m[:5]}}, "ssl")
+
+
+# ------------------------------------------------------------------ the seed tables notebooks 01-03 build from them
+
+def _masks(g: torch.Generator, n: int = 200, n_eps: int = 3) -> tuple[dict, dict]:
+    """Masks as run_attack_grid returns them for supervised and simclr with seeds 0 (main run), 1 and 2, and for
+    byol with seed 0 only; {replicate name: (method, seed)}."""
+    runs = {f"{m}@seed{s}": (m, s) for m in ("supervised", "simclr") for s in (1, 2)}
+    names = ["supervised", "simclr", "byol", *runs]
+    masks = {(m, "t", "pgd", "linf"): (torch.rand(n_eps, n, generator=g) < 0.5).to(torch.uint8) for m in names}
+    return masks, runs
+
+
+def test_seed_gap_table_pairs_each_seed_with_the_supervised_run_of_that_seed():
+    masks, runs = _masks(torch.Generator().manual_seed(0))
+    eps = [0.0, 0.01, 0.02]
+    t = stats.seed_gap_table(masks, runs, eps, base_seed=0, n_boot=200)
+    assert list(t.model.unique()) == ["simclr"] and (t.n_seeds == 3).all() and len(t) == 3  # byol: one seed only
+    headline = stats.gap_table({k: v for k, v in masks.items() if "@" not in k[0]}, {"linf": eps}, n_boot=200)
+    for j, r in enumerate(t.itertuples()):
+        per_seed = [float(v) for v in r.seed_gaps.split(";")]
+        expect = [float(masks[(f"simclr{sfx}", "t", "pgd", "linf")][j].float().mean()
+                        - masks[(f"supervised{sfx}", "t", "pgd", "linf")][j].float().mean())
+                  for sfx in ("", "@seed1", "@seed2")]
+        assert per_seed == pytest.approx(expect, abs=1e-6) and r.seeds == "0;1;2"
+        assert per_seed[0] == pytest.approx(headline[headline.model == "simclr"].gap.iloc[j], abs=1e-6)
+        assert r.gap == pytest.approx(sum(expect) / 3, abs=1e-6)
+    # without the supervised replicates there is nothing to pair a seed with
+    sup_less = {k: v for k, v in runs.items() if v[0] != "supervised"}
+    assert stats.seed_gap_table(masks, sup_less, eps, base_seed=0, n_boot=50).empty
+
+
+def test_seed_widened_adds_the_seed_spread_in_quadrature_and_leaves_unmeasured_cells_alone():
+    gaps = pd.DataFrame({"model": ["a", "b", "a"], "task": ["t", "t", "u"], "norm": "linf", "eps": [0.01] * 3,
+                         "gap": [0.05, -0.02, 0.03], "lo": [0.01, -0.06, 0.0], "hi": [0.09, 0.02, 0.06]})
+    seed_gaps = pd.DataFrame({"task": ["t", "t"], "eps": [0.01, 0.01], "seed_sd": [0.03, 0.04]})
+    w = stats.seed_widened(gaps, seed_gaps)
+    sd = ((0.03 ** 2 + 0.04 ** 2) / 2) ** 0.5
+    half = ((0.04 ** 2) + (1.959964 * sd) ** 2) ** 0.5
+    assert w.seed_sd.iloc[0] == pytest.approx(sd) and w.lo_seeds.iloc[0] == pytest.approx(0.05 - half, abs=1e-6)
+    assert (w.hi_seeds - w.lo_seeds).iloc[:2].gt(w.hi - w.lo).iloc[:2].all()
+    assert w.seed_sd.isna().iloc[2]  # task u: no seed spread measured there
+
+
+def test_seed_verdict_states_the_number_of_seeds_and_the_shares_or_says_there_is_one_seed():
+    masks, runs = _masks(torch.Generator().manual_seed(1))
+    eps = [0.0, 0.01, 0.02]
+    sg = stats.seed_gap_table(masks, runs, eps, base_seed=0, n_boot=200)
+    head = stats.gap_table({k: v for k, v in masks.items() if "@" not in k[0]}, {"linf": eps}, n_boot=200)
+    text = stats.seed_verdict(sg, head, steps=10, restarts=1)
+    assert "trained with 3 seeds" in text and "10 steps, 1 restart(s)" in text
+    share = 100 * sg[sg.eps > 0].var_seed.sum() / (sg[sg.eps > 0].var_seed.sum() + sg[sg.eps > 0].var_point.sum())
+    assert f"Seeds make up {share:.0f} %" in text and "77 %" in text
+    assert "trained (or loaded) once" in stats.seed_verdict(sg.iloc[:0], head)
+
+
+def test_seed_rows_and_spread_sentence():
+    runs = {"supervised@seed1": ("supervised", 1), "simclr@seed1": ("simclr", 1)}
+    table = pd.DataFrame({"model": ["simclr@seed1", "supervised", "byol", "simclr", "supervised@seed1"],
+                          "task": "t", "accuracy": [0.70, 0.80, 0.75, 0.74, 0.83]})
+    rows = stats.seed_rows(table, runs, base_seed=0)
+    assert list(zip(rows.method, rows.seed)) == [("supervised", 0), ("supervised", 1), ("simclr", 0), ("simclr", 1)]
+    text = stats.seed_spread_sentence(rows, value="accuracy", what="clean accuracy")
+    assert "over 2 training seeds" in text and "simclr 0.720 ± 0.028 (range 4.0 points)" in text
+    assert "at one seed 6.0 points" in text
+    assert "once" in stats.seed_spread_sentence(rows.iloc[:0], value="accuracy", what="clean accuracy")

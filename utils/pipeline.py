@@ -36,7 +36,7 @@ import torch
 from utils import preflight
 from utils.config import (DEFAULT_PROFILE, PROFILES, SET_ENV, check_overrides, notebook_parameters, output_dirs,
                           output_root, parameters_source, parse_set)
-from utils.encoders import uses_official_checkpoints
+from utils.encoders import seed_replicates, uses_official_checkpoints
 from utils.nbprogress import (ENGINE, NotebookProgress, cell_durations, clock, logged_kernel_manager,
                               register_progress_engine)
 from utils.parallel import INTERRUPTED
@@ -224,30 +224,35 @@ def _execute(nb_path: Path, out_path: Path, params: dict, root: Path,
 # counts with it. The runner counts a notebook as done only when its run finished and each of these files exists
 # with the sha256 recorded then; the chain test checks them too. A new notebook adds its line here.
 NOTEBOOK_OUTPUTS: dict[str, dict[str, list[str]]] = {
-    "01": {"results_dir": ["01_encoders.csv"], "cache_dir": ["encoders/01_manifest.json"],
+    "01": {"results_dir": ["01_encoders.csv", "01_seeds.csv"], "cache_dir": ["encoders/01_manifest.json"],
            "figures_dir": ["01_samples.png", "01_augmented_views.png", "01_pretraining_loss.png",
-                           "01_quick_probe.png"]},
-    "02": {"results_dir": ["02_linear_eval.csv"], "cache_dir": ["classifiers/linear_manifest.json"],
+                           "01_quick_probe.png", "01_seed_spread.png"]},
+    "02": {"results_dir": ["02_linear_eval.csv", "02_seeds.csv"], "cache_dir": ["classifiers/linear_manifest.json"],
            "figures_dir": ["02_clean_accuracy.png"]},
-    "03": {"results_dir": ["03_teaching.csv", "03_robustness.csv", "03_gap_ci.csv"],
+    "03": {"results_dir": ["03_teaching.csv", "03_robustness.csv", "03_gap_ci.csv", "03_seed_gaps.csv"],
            "figures_dir": ["03_teaching_perturbations.png", "03_teaching_pgd_trace.png", "03_robust_vs_eps.png",
-                           "03_heatmap.png", "03_gap_ci.png", "03_gap_ci_pgd.png", "03_examples.png"]},
+                           "03_heatmap.png", "03_gap_ci.png", "03_gap_ci_pgd.png", "03_seed_gaps.png",
+                           "03_examples.png"]},
     "04": {"results_dir": ["04_regimes.csv", "04_factors.csv"], "figures_dir": ["04_regimes_gap.png", "04_factors.png"]},
     "05": {"results_dir": ["05_dense.csv"],
            "figures_dir": ["05_dense_vs_eps.png", "05_gap_dense_vs_cls.png", "05_examples.png"]},
 }
 # Outputs of notebook 01 that exist only when it trains the encoders (not with official checkpoints, as in `paper`).
 TRAINED_ONLY = {"01_pretraining_loss.png"}
+# Outputs that hold something only when notebook 01 trains some methods with several seeds (`seeds` > 1): the
+# figures are drawn and the tables have rows only then (the tables are written, empty, in any case).
+SEEDED_ONLY = {"01_seed_spread.png", "03_seed_gaps.png", "01_seeds.csv", "02_seeds.csv", "03_seed_gaps.csv"}
 
 
 def declared_outputs(profile: str, notebook: str, root: str | os.PathLike | None = None) -> list[Path]:
     """The files notebook `notebook` must leave behind in `profile` (under `root`, default `output_root()`)."""
     dirs = output_dirs(profile, root)
-    official = uses_official_checkpoints(notebook_parameters(profile, "01"))
+    params01 = notebook_parameters(profile, "01")
+    official, seeded = uses_official_checkpoints(params01), bool(seed_replicates(params01))
     out = []
     for folder, names in NOTEBOOK_OUTPUTS.get(notebook, {}).items():
         for name in names:
-            if official and name in TRAINED_ONLY:
+            if (official and name in TRAINED_ONLY) or (not seeded and name in SEEDED_ONLY):
                 continue
             out.append(dirs[folder] / name)
             if name.endswith(".csv"):

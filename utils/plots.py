@@ -186,6 +186,68 @@ def gap_with_ci(gaps: pd.DataFrame, *, title: str | None = None, col: str = "tas
     return fig
 
 
+def seed_spread(table: pd.DataFrame, *, value: str = "probe_accuracy", title: str | None = None,
+                ylabel: str = "quick probe accuracy"):
+    """One dot per training seed of each method (main seed ringed), on one axis: how far retraining moves `value`.
+    `table` columns: method, seed, `value`."""
+    methods = list(dict.fromkeys(table["method"]))
+    palette = method_palette(methods)
+    first = table.groupby("method")["seed"].transform("min") == table["seed"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.0 * len(methods), 3.2))
+    for i, m in enumerate(methods):
+        g = table[table.method == m]
+        xs = i + np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else np.array([i])
+        ax.scatter(xs, g[value], s=36, color=palette[m], edgecolor=np.where(first[g.index], "black", "none"),
+                   linewidth=1.2, zorder=3)
+        ax.hlines(g[value].mean(), i - 0.25, i + 0.25, color=palette[m], lw=1.5)
+        ax.annotate(f"range {100 * (g[value].max() - g[value].min()):.1f} pt", (i, g[value].min()),
+                    xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_xticks(range(len(methods)), methods)
+    pad = max(0.01, float(table[value].max() - table[value].min()))
+    ax.set_ylim(float(table[value].min()) - pad, float(table[value].max()) + pad)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def seed_gaps(seed_gaps: pd.DataFrame, *, title: str | None = None):
+    """The SSL-minus-supervised gap (points) vs eps per seeded SSL method (`stats.seed_gap_table` rows): one small
+    dot per training seed, the mean over seeds, the interval resampling test points only (thin, grey) and the one
+    resampling seeds and points (thick, the method's colour); one panel per task."""
+    tasks = list(dict.fromkeys(seed_gaps["task"]))
+    methods = list(dict.fromkeys(seed_gaps["model"]))
+    palette = method_palette(methods + [SUPERVISED])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.5), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        sub = seed_gaps[seed_gaps.task == task]
+        eps_values = sorted(sub["eps"].unique())
+        pos = {e: k for k, e in enumerate(eps_values)}
+        for j, m in enumerate(methods):
+            shift = (j - (len(methods) - 1) / 2) * 0.22
+            for r in sub[sub.model == m].itertuples():
+                x = pos[r.eps] + shift
+                ax.vlines(x, 100 * r.lo, 100 * r.hi, color=palette[m], lw=3.2, alpha=0.55)
+                ax.vlines(x + 0.06, 100 * r.lo_points, 100 * r.hi_points, color="0.45", lw=1.0)
+                per = [100 * float(v) for v in str(r.seed_gaps).split(";")]
+                ax.scatter([x] * len(per), per, s=9, color=palette[m], zorder=3)
+                ax.scatter([x], [100 * r.gap], s=34, marker="_", color="black", zorder=4)
+            ax.plot([], [], color=palette[m], lw=3.2, alpha=0.55, label=f"{m}: seeds + points")
+        ax.plot([], [], color="0.45", lw=1.0, label="test points only")
+        ax.axhline(0, color="black", lw=1.0, ls="--")
+        norm = sub["norm"].iloc[0]
+        ax.set_xticks(range(len(eps_values)), [_eps_label(e, norm) for e in eps_values])
+        ax.set_xlabel(f"eps ({norm})")
+        ax.set_title(str(task), fontsize=10)
+    axes[0, 0].set_ylabel("SSL − supervised (points)")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def adversarial_examples(examples: dict, classes: list[str], *, eps: float, amplify: float | None = None,
                          title: str | None = None):
     """Teaching grid: per model (rows) and image, the clean image, the amplified perturbation, the adversarial image,

@@ -169,7 +169,8 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
                      save_every_epoch_checkpoints: bool = False, keep_epochs: Sequence[int] = (),
                      hparams: dict | None = None, weight_decay: float = 1e-5, profile: str = "custom",
                      data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     on_epoch_end: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
+                     on_epoch_end: Callable[[int, float], None] | None = None,
+                     cached_only: bool = False) -> tuple[nn.Module, dict] | None:
     """Train an encoder with `method` (a key of `utils.ssl.METHODS`) on the images of `task`, or load it from the cache.
 
     Data: the first `n_pretrain` images of a seeded permutation of `task`'s train split, found through `sources`
@@ -191,6 +192,7 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
     (read them with `load_epoch_checkpoint`); a cached run without the requested snapshots is retrained (same
     weights, deterministic). `on_epoch_end(epoch, mean_loss)` is called after each epoch's checkpoint is written.
 
+    cached_only: return None instead of training when the encoder is not in the cache.
     Raises TrainingDivergedError on a NaN/inf loss (the last good checkpoint is kept).
     Returns (encoder in eval mode on CPU, float32; info dict: method, params, param_hash, path, from_cache,
     loss_history (mean loss per epoch), wall_time_s (training time over all resumed segments), resumed_from_epoch,
@@ -222,6 +224,8 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
                 "from_cache": True, "loss_history": side["loss_history"], "wall_time_s": side["wall_time_s"],
                 "resumed_from_epoch": None, "epochs_run_now": 0, "sidecar": side}
         return encoder, info
+    if cached_only:
+        return None
 
     x, y = load_classification(task, "train", n=n_pretrain, seed=seed, **(sources or {})) if data is None else data
     n = len(x)

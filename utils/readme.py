@@ -40,8 +40,8 @@ FIGURES_DIR = REPO_ROOT / "figures"  # the figures the README shows
 TABLES_DIR = FIGURES_DIR / "tables"
 SECTION = "## Results in the `cpu` profile"
 # The result tables the README quotes (each copied with its provenance), and the runner's record of the notebooks.
-TABLES = ["01_encoders.csv", "02_linear_eval.csv", "03_gap_ci.csv", "03_robustness.csv", "04_regimes.csv",
-          "04_factors.csv", "05_dense.csv"]
+TABLES = ["01_encoders.csv", "01_seeds.csv", "02_linear_eval.csv", "02_seeds.csv", "03_gap_ci.csv",
+          "03_robustness.csv", "03_seed_gaps.csv", "04_regimes.csv", "04_factors.csv", "05_dense.csv"]
 CHAIN_TIMES = "chain_times.csv"
 
 MARKER = re.compile(r"<!-- (?P<kind>num|txt):(?P<key>[\w.\-]+) -->(?P<value>.*?)<!-- /(?P=kind) -->")
@@ -233,7 +233,7 @@ def linear_eval(t: Tables, task: str, attack: str = WORST_CASE) -> dict:
     """Notebook 03's `stats.linear_eval_verdict` (L-inf gap table) for `task` and `attack`, read back."""
     text = t.memo("linear_eval", lambda: stats.linear_eval_verdict(t.table("03_gap_ci.csv"), norm="linf"))
     rows = _parse("linear_eval_verdict", r"(?P<task>\S+) \((?P<attack>[^)]+)\): mean SSL-minus-\S+ gap "
-                  r"(?P<gap>[+-][\d.]+) points over \d+ eps x \d+ methods; significantly above zero in "
+                  r"(?P<gap>[+-][\d.]+) points over \d+ eps x \d+ methods \([^)]*\); significantly above zero in "
                   r"(?P<above>\d+)/(?P<cells>\d+) cells, below in (?P<below>\d+)/\d+\. The finding "
                   r"(?P<verdict>holds|does NOT hold|is mixed) in this setting\.", text)
     r = _of_task([r for r in rows if r["attack"] == attack], task, "linear_eval_verdict")
@@ -286,6 +286,38 @@ def clean_lead(t: Tables, task: str) -> str:
     lead = (f"loses its lead from {_eps(mean.index[0])}" if run_ == 0 else
             f"keeps its lead up to {_eps(mean.index[run_ - 1])}")
     return f"{who} {lo:.1f}-{hi:.1f} points higher on clean images and {lead}"
+
+
+def seed_spread01(t: Tables) -> dict:
+    """Notebook 01's `stats.seed_spread_sentence` on its seeds table, read back: the largest seed-to-seed range of
+    the quick probe and the spread between methods at one seed (points)."""
+    text = t.memo("seeds01", lambda: stats.seed_spread_sentence(t.table("01_seeds.csv"), value="probe_accuracy",
+                                                                what="quick probe accuracy"))
+    return _parse("seed_spread_sentence", r"over (?P<n>\d+) training seeds .*; the largest seed-to-seed range is "
+                  r"(?P<range>[\d.]+) points, the spread between these methods at one seed (?P<between>[\d.]+) "
+                  r"points\.", text)[0]
+
+
+def seeds03(t: Tables, task: str) -> dict:
+    """Notebook 03's `stats.seed_verdict` (the seed table beside the worst-case headline), read back for `task`:
+    the seeded methods, seeds, seed-to-seed sd of the gap, the seeds' share of its variance, and the headline's
+    counts once widened by the seed spread."""
+    def verdict():
+        g = t.table("03_gap_ci.csv")
+        return stats.seed_verdict(t.table("03_seed_gaps.csv"), g[g.attack == WORST_CASE])
+    text = t.memo("seeds03", verdict)
+    head = _parse("seed_verdict", r"Training seeds: (?P<methods>.+) and the supervised baseline were each trained "
+                  r"with (?P<n>\d+) seeds", text)[0]
+    rows = _parse("seed_verdict", r"  (?P<task>\S+) \(n=\d+ points x \d+ seeds\): the gap moves between seeds "
+                  r"by (?P<sd>[\d.]+) points \(sd, mean over \d+ method x eps cells; largest (?P<sd_max>[\d.]+)\)\. "
+                  r"Seeds make up (?P<share>\d+) % of the gap's bootstrap variance", text)
+    wide = _parse("seed_verdict", r"  (?P<task>\S+), the \S+ headline \(one seed per encoder\) widened by that seed "
+                  r"spread \(pooled sd [\d.]+ points\): (?P<above>\d+)/(?P<cells>\d+) cells above zero, "
+                  r"(?P<below>\d+)/\d+ below \(test points only: (?P<above_points>\d+) above, "
+                  r"(?P<below_points>\d+) below\)", text)
+    r = {**_of_task(rows, task, "seed_verdict"), **_of_task(wide, task, "seed_verdict")}
+    names = [METHOD_NAMES.get(m, m) for m in head["methods"].split(", ")]
+    return {**r, "n": head["n"], "methods": _names([METHOD_NAMES[SUPERVISED], *names])}
 
 
 def convergence(t: Tables) -> dict:
@@ -447,6 +479,11 @@ QUOTES: dict[str, Callable[[Tables], str]] = {
     **{f"03.verdict.{k}": _quote(linear_eval, "words", task=k) for k in TASKS},
     **{f"03.gap_pgd.{k}": _quote(linear_eval, "gap", task=k, attack="pgd") for k in TASKS},
     "03.clean_lead.fashion_mnist": _quote(clean_lead, task="fashion_mnist"),
+    "01.seed_range": _quote(seed_spread01, "range"), "01.seed_between": _quote(seed_spread01, "between"),
+    "03.seeds.methods": _quote(seeds03, "methods", task="fashion_mnist"),
+    "03.seeds.n": _quote(seeds03, "n", task="fashion_mnist"),
+    **{f"03.seeds.{field}.{k}": _quote(seeds03, field, task=k) for k in TASKS
+       for field in ("sd", "sd_max", "share", "above", "below", "cells", "above_points", "below_points")},
     **{f"03.conv.{field}": _quote(convergence, field) for field in ("eps", "n", "flagged", "total", "which",
                                                                     "max_drop", "below_worst", "steps", "restarts")},
     "04.finetune_epochs": _quote(param, table=_P04, key="finetune_epochs", fmt=lambda v: _plural(v, "epoch")),

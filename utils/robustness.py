@@ -37,6 +37,7 @@ from utils import attacks, data
 from utils.config import (PROFILES, SUPERVISED, check_overrides, notebook_parameters, output_dirs, overrides_from_env,
                           parse_set)
 from utils.parallel import close_distributed, init_distributed, run_cached, world
+from utils.encoders import replicate_runs
 from utils.probe import linear_classifiers
 from utils.runtime import SEED_STREAM_BATCH, derive_seed, model_device, resolve_device
 from utils.store import cached_json, points_digest, weights_digest
@@ -219,6 +220,13 @@ def attack_inputs(params: dict, cache_dir: str | os.PathLike, tasks: list[str] |
                [{"attack": a, "norm": "l2", "eps_list": params["eps_l2"], "options": options}
                 for a in params["l2_attacks"]]
     return classifiers, points, settings
+
+
+def replicate_inputs(profile: str, cache_dir: str | os.PathLike, tasks: list[str]):
+    """The seed replicates notebook 01 trained (`seeds` > 1) and notebook 02 fitted: (runs {name: (method,
+    training seed)}, classifiers {(name, task)}); ({}, {}) when there are none."""
+    runs = replicate_runs(profile, cache_dir)
+    return runs, (linear_classifiers(cache_dir, list(runs), tasks) if runs else {})
 
 
 WORST_CASE = "worst-case"

@@ -111,10 +111,161 @@ def hierarchical_gap_ci(masks_by_seed: dict, ssl: str | None = None, *, supervis
             "var_point": var_point, "seed_share": var_seed / total if total > 0 else 0.0, "lo_points": lo_p,
             "hi_points": hi_p, "seed_sd": by_seed.std().item() if n_seeds > 1 else 0.0}
 
-def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: str = SUPERVISED) -> str:
+def seed_gap_table(masks: dict, runs: dict[str, tuple[str, int]], eps_list: list[float], *, base_seed: int,
+                   attack: str = "pgd", norm: str = "linf", supervised: str = SUPERVISED, n_boot: int = 1000,
+                   seed: int = 0) -> pd.DataFrame:
+    """The SSL-minus-supervised gap over training seeds and test points (`hierarchical_gap_ci`) for every SSL
+    method trained with several seeds, per task and eps of `eps_list`.
+
+    `masks[(model, task, attack, norm)]`: 0/1 [len(eps), n] as `run_attack_grid` returns them, holding the main
+    runs under their method names (training seed `base_seed`) and the seed replicates under their names;
+    `runs`: {replicate name: (method, training seed)} (`utils.encoders.replicate_runs`). A method counts when the
+    supervised baseline has the same seeds. Rows: model, task, attack, norm, eps, gap, lo, hi (both levels),
+    lo_points, hi_points (points only, every seed kept), n_seeds, n, var_seed, var_point, seed_share, seed_sd,
+    seed_gaps (the per-seed gaps, ';'-joined, seed order), seeds."""
+    by_method: dict[str, dict[int, str]] = {}
+    for name, (method, s) in runs.items():
+        by_method.setdefault(method, {int(base_seed): method})[int(s)] = name
+    grid = sorted({float(e) for e in eps_list})
+    tasks = list(dict.fromkeys(t for (_, t, a, nm) in masks if a == attack and nm == norm))
+    sup_names = by_method.get(supervised, {})
+    rows = []
+    for method, names in by_method.items():
+        seeds = sorted(s for s in names if s in sup_names)
+        if method == supervised or len(seeds) < 2:
+            continue
+        for task in tasks:
+            keys = {s: ((names[s], task, attack, norm), (sup_names[s], task, attack, norm)) for s in seeds}
+            if not all(k in masks for pair in keys.values() for k in pair):
+                continue
+            for j, eps in enumerate(grid):
+                res = hierarchical_gap_ci({s: {method: masks[a][j], supervised: masks[b][j]}
+                                           for s, (a, b) in keys.items()}, method, supervised=supervised,
+                                          n_boot=n_boot, seed=seed)
+                per_seed = [float(masks[a][j].float().mean() - masks[b][j].float().mean()) for a, b in keys.values()]
+                rows.append({"model": method, "task": task, "attack": attack, "norm": norm, "eps": eps, **res,
+                             "seed_gaps": ";".join(f"{g:.6f}" for g in per_seed),
+                             "seeds": ";".join(str(s) for s in seeds)})
+    return pd.DataFrame(rows)
+
+
+def seed_widened(gaps: pd.DataFrame, seed_gaps: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """The headline's gap intervals (a `gap_table`: one training seed per encoder, test points resampled) widened
+    by the seed-to-seed spread measured on the methods trained with several seeds: per task and eps, the pooled
+    sd of a single seed's gap, sqrt(mean seed_sd^2) over those methods, is added in quadrature to each interval's
+    normal-equivalent standard error (half-width / z). This assumes every method's gap varies across seeds as much as
+    the measured methods' do. Adds columns seed_sd (pooled) and lo_seeds, hi_seeds; cells with no measured spread
+    (another task or eps) get NaN."""
+    z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor((1 + level) / 2)))
+    pooled = np.sqrt(seed_gaps.assign(v=seed_gaps.seed_sd ** 2).groupby(["task", "eps"])["v"].mean())
+    pooled = pooled.rename("seed_sd").reset_index()
+    out = gaps.copy()
+    out["_e"] = out.eps.round(10)
+    pooled["_e"] = pooled.eps.round(10)
+    out = out.merge(pooled.drop(columns="eps"), on=["task", "_e"], how="left").drop(columns="_e")
+    half = np.sqrt(((out.hi - out.lo) / 2) ** 2 + (z * out.seed_sd) ** 2)
+    out["lo_seeds"], out["hi_seeds"] = out.gap - half, out.gap + half
+    return out
+
+
+def seed_verdict(seed_gaps: pd.DataFrame, gaps: pd.DataFrame, *, norm: str = "linf", steps: int | None = None,
+                 restarts: int | None = None) -> str:
+    """What the training seeds add to the verdict, from `seed_gap_table` rows (`norm`, eps > 0) and the headline's
+    `gap_table`: how far the gap moves between seeds, how much of its bootstrap variance the seeds and the test
+    points each contribute, the seeded methods' cells above / below zero with both levels resampled and with points
+    only, and the headline's counts once its intervals are widened by the measured seed spread (`seed_widened`)."""
+    sg = seed_gaps[(seed_gaps.norm == norm) & (seed_gaps.eps > 0)] if len(seed_gaps) else seed_gaps
+    if sg is None or sg.empty:
+        return ("Training seeds: every encoder was trained (or loaded) once, so the intervals above resample test "
+                "points only and say nothing about how much the gap would move with another training seed.")
+    n_seeds = int(sg.n_seeds.max())
+    methods = list(dict.fromkeys(sg.model))
+    budget = "" if steps is None else f", {steps} steps, {restarts} restart(s)"
+    lines = [f"Training seeds: {', '.join(methods)} and the supervised baseline were each trained with {n_seeds} "
+             f"seeds; every other encoder with one. Measured under {sg.attack.iloc[0]} ({norm}{budget}):"]
+    head = gaps[(gaps.norm == norm) & (gaps.eps > 0)]
+    wide = seed_widened(head, sg)
+    for task, t in sg.groupby("task", sort=False):
+        share = 100 * t.var_seed.sum() / max(t.var_seed.sum() + t.var_point.sum(), 1e-300)
+        lines.append(
+            f"  {task} (n={int(t.n.iloc[0])} points x {n_seeds} seeds): the gap moves between seeds by "
+            f"{100 * t.seed_sd.mean():.1f} points (sd, mean over {len(t)} method x eps cells; largest "
+            f"{100 * t.seed_sd.max():.1f}). Seeds make up {share:.0f} % of the gap's bootstrap variance (summed "
+            f"over those cells), test points {100 - share:.0f} %. With seeds and points resampled, {int((t.lo > 0).sum())}"
+            f"/{len(t)} cells lie above zero and {int((t.hi < 0).sum())}/{len(t)} below (points only: "
+            f"{int((t.lo_points > 0).sum())} above, {int((t.hi_points < 0).sum())} below).")
+        w = wide[wide.task == task].dropna(subset=["seed_sd"])
+        if len(w):
+            lines.append(
+                f"  {task}, the {w.attack.iloc[0]} headline (one seed per encoder) widened by that seed spread "
+                f"(pooled sd {100 * w.seed_sd.mean():.1f} "
+                f"points): {int((w.lo_seeds > 0).sum())}/{len(w)} cells above zero, {int((w.hi_seeds < 0).sum())}"
+                f"/{len(w)} below (test points only: {int((w.lo > 0).sum())} above, {int((w.hi < 0).sum())} below).")
+    lines.append(f"  With {n_seeds} seeds the seed level's percentile interval is too narrow (a nominal 95 % covered "
+                 f"the true gap about {SEED_COVERAGE.get(n_seeds, 'an unknown share of the time')}"
+                 f"{' %' if n_seeds in SEED_COVERAGE else ''} of the time in simulation): read these counts as upper "
+                 f"bounds on what the evidence supports.")
+    return "\n".join(lines)
+
+
+# Coverage (%) of the nominal 95 % two-level interval when seeds dominate the spread, by number of seeds (simulated;
+# see `hierarchical_gap_ci`).
+SEED_COVERAGE = {2: 64, 3: 77, 5: 84, 10: 93}
+
+
+def seed_spread(table: pd.DataFrame, *, value: str, by: str = "method", group: Sequence[str] = ()) -> pd.DataFrame:
+    """Seed-to-seed spread of `value` per `by` (and `group` columns) over the rows' `seed` column: n_seeds, mean,
+    sd (ddof 1), min, max, range. Only groups with two seeds or more."""
+    keys = [*group, by]
+    g = table.groupby(keys, sort=False)[value]
+    out = pd.DataFrame({"n_seeds": g.count(), "mean": g.mean(), "sd": g.std(), "min": g.min(), "max": g.max()})
+    out["range"] = out["max"] - out["min"]
+    return out[out.n_seeds >= 2].reset_index()
+
+
+def seed_rows(table: pd.DataFrame, runs: dict[str, tuple[str, int]], *, base_seed: int) -> pd.DataFrame:
+    """The rows of `table` (a `model` column) that belong to a method trained with several seeds: its main run
+    (named after the method; training seed `base_seed`) and its replicates (`runs`: {name: (method, seed)}), with
+    the columns method and seed put first; in method order, seeds ascending."""
+    seeds = {m: int(base_seed) for m, _ in runs.values()}
+    seeds.update({name: int(s) for name, (_, s) in runs.items()})
+    method = {**{m: m for m, _ in runs.values()}, **{name: m for name, (m, _) in runs.items()}}
+    out = table[table["model"].isin(list(seeds))].copy()
+    out.insert(0, "seed", out["model"].map(seeds))
+    out.insert(0, "method", out["model"].map(method))
+    order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in runs.values()))}
+    return out.sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def seed_spread_sentence(table: pd.DataFrame, *, value: str, what: str, group: Sequence[str] = ()) -> str:
+    """One line per `group` value: the seed-to-seed spread of `value` per method (`seed_spread`), beside the spread
+    between the methods' first seeds (the differences a one-seed comparison reads as method effects)."""
+    spread = seed_spread(table, value=value, group=group) if len(table) else pd.DataFrame()
+    if spread.empty:
+        return f"Every encoder was trained (or loaded) once (`seeds` = 1): no seed-to-seed spread of the {what}."
+    lines = []
+    for key, sp in (spread.groupby(list(group), sort=False) if group else [((), spread)]):
+        label = f"{key[0] if isinstance(key, tuple) else key}: " if group else ""
+        parts = ", ".join(f"{r.method} {r.mean:.3f} ± {r.sd:.3f} (range {100 * r.range:.1f} points)"
+                          for r in sp.itertuples())
+        first = table[table.seed == table.seed.min()]
+        if group:
+            first = first[(first[list(group)] == pd.Series(key if isinstance(key, tuple) else (key,),
+                                                          index=list(group))).all(axis=1)]
+        lines.append(f"{label}{what} over {int(sp.n_seeds.max())} training seeds (mean ± sd): {parts}; the "
+                     f"largest seed-to-seed range is {100 * sp.range.max():.1f} points, the spread between these "
+                     f"methods at one seed {100 * (first[value].max() - first[value].min()):.1f} points.")
+    return "\n".join(lines)
+
+
+def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: str = SUPERVISED,
+                        n_seeds: int = 1) -> str:
     """Does "SSL encoders are more robust under linear evaluation" hold? One sentence per task, from a `gap_table`
     (eps > 0 of `norm`): a method counts as more (less) robust at an eps when its whole interval lies above (below)
-    zero; the finding holds when such cells above outnumber those below and the mean gap is positive."""
+    zero; the finding holds when such cells above outnumber those below and the mean gap is positive. `n_seeds`:
+    training seeds per encoder behind the table (the intervals resample test points only; `seed_verdict` adds the
+    seeds)."""
     lines = []
     g = gaps[(gaps.norm == norm) & (gaps.eps > 0)]
     for (task, attack), sub in g.groupby(["task", "attack"], sort=False):
@@ -122,9 +273,11 @@ def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: s
         mean_gap = 100 * sub.gap.mean()
         verdict = ("holds" if above > below and mean_gap > 0 else
                    "does NOT hold" if below >= above else "is mixed")
+        seeds = "one training seed per encoder" if n_seeds == 1 else f"{n_seeds} training seeds per encoder"
         lines.append(f"{task} ({attack}): mean SSL-minus-{supervised} gap {mean_gap:+.1f} points over "
                      f"{sub.eps.nunique()} eps x "
-                     f"{sub.model.nunique()} methods; significantly above zero in {above}/{total} cells, below in "
+                     f"{sub.model.nunique()} methods ({seeds}, n={int(sub.n.iloc[0])} test points resampled); "
+                     f"significantly above zero in {above}/{total} cells, below in "
                      f"{below}/{total}. The finding {verdict} in this setting.")
     return "\n".join(lines)
 
