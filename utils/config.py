@@ -26,6 +26,8 @@ SUPERVISED = "supervised"
 # How a classifier is adapted from a frozen encoder (notebooks 02-04), and the one regime of the dense tasks (05).
 REGIMES = ["linear", "finetuned", "adv-finetuned"]
 FINETUNE_REGIMES = REGIMES[1:]
+# Notebook 02's row of an official checkpoint's own ImageNet classifier (`fc`), scored beside its published top-1.
+OWN_FC_REGIME = "own_fc"
 DENSE_REGIME = "frozen_encoder"
 # What the `metric` column of the dense tasks' tidy table names (the value sits in `accuracy`).
 METRIC_MAP = "map50"
