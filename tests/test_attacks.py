@@ -436,3 +436,23 @@ def test_cycle_jump_lands_on_the_last_iterate():
         assert bool(out[False][1]) is fooled
         assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
         assert out[True][2] == 1 and out[False][2] == 0 and out[True][3] < out[False][3]
+
+
+@pytest.mark.parametrize("attack", ["square", "fab-t"])
+def test_borrowed_attacks_leave_batchnorm_in_eval_mode(attack):
+    """torchattacks restores the training mode it found on the module it attacks: the wrapper around the gradient
+    oracle must be in eval mode, or an unfolded BatchNorm (fold_bn=False; BYOL's SAME-padded layers) runs on batch
+    statistics and rewrites its running statistics during the attack and in every forward after it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 13 * 13, 10)).eval()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = []
+    model[1].register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    robust_accuracy(model, x, y, eps_list=[0, 0.05], attack=attack, steps=2, fold_bn=False, seed=0, n_queries=5,
+                    n_targets=2)
+    assert modes and not any(modes)  # every forward of the attack saw eval-mode BatchNorm
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stats[k]), k

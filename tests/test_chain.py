@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from utils import parallel, pipeline
-from utils.config import KEY_DOCS, MINIATURE_ROOT, PROFILES, notebook_parameters, parameters_source, repo_path
+from utils.config import (KEY_DOCS, MINIATURE_ROOT, OWN_FC_REGIME, PROFILES, notebook_parameters, parameters_source,
+                          repo_path)
 from utils.miniature import make_miniature
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,8 @@ def test_03_accuracy_at_eps0_is_the_clean_accuracy_of_02(chain):
     profile, _ = chain
     n_test, n_attack = notebook_parameters(profile, "02")["n_test"], notebook_parameters(profile, "03")["n_attack"]
     assert n_test >= n_attack
-    clean = _table("02_linear_eval.csv", profile).set_index(["model", "task"])
+    clean = _table("02_linear_eval.csv", profile)
+    clean = clean[clean.regime == "linear"].set_index(["model", "task"])  # not the supervised checkpoint's own fc
     wb = _whitebox(_table("03_robustness.csv", profile))
     wb = wb[wb.attack != "autoattack"]  # the ensemble runs on the first n_ensemble points only
     at0 = wb[wb.eps == 0]
@@ -349,15 +351,20 @@ def test_torchrun_on_paper_mini_gives_the_single_process_verdicts(paper_mini_cha
 @pytest.mark.slow
 def test_02_sets_official_encoders_beside_their_published_top1(chain):
     """With the official checkpoints (paper-mini's layouts), 02's table holds each encoder's published linear top-1
-    and the shortfall, flagged beyond `published_tolerance`; encoders trained here (smoke) have nothing to compare."""
+    and the shortfall, flagged beyond `published_tolerance`, and a row of the supervised checkpoint's own fc (regime
+    own_fc) on the same test points beside the registry's 76.13; encoders trained here (smoke) have nothing to
+    compare and no such row."""
     profile, _ = chain
     p = notebook_parameters(profile, "02")
     t = _table("02_linear_eval.csv", profile)
     if notebook_parameters(profile, "01")["epochs"] > 0:
-        assert "published_top1" not in t
+        assert "published_top1" not in t and set(t.regime) == {"linear"}
         return
     rows = t[t.task == p["task"]]
-    assert len(rows) == len(p["methods"]) and rows["published_top1"].notna().all()
+    own = rows[rows.regime == OWN_FC_REGIME]
+    assert own.model.tolist() == ["supervised"] and own.published_top1.tolist() == [76.13]
+    assert own.n.tolist() == rows[rows.regime == "linear"].n.unique().tolist()  # the same test points
+    assert len(rows) == len(p["methods"]) + 1 and rows["published_top1"].notna().all()
     assert np.allclose(rows["shortfall"], rows["published_top1"] - 100 * rows["accuracy"])
     flagged = rows["flags"].fillna("").str.contains("below_published")
     assert flagged.tolist() == (rows["shortfall"] > p["published_tolerance"]).tolist()

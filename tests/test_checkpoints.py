@@ -332,3 +332,29 @@ def test_nothing_trained_here_means_the_official_files_under_checkpoint_root(tmp
         assert not model.training
         with torch.no_grad():
             torch.testing.assert_close(model(ref["x"]), ref["feats"]["imagenet"], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------- the checkpoint's own classifier
+def test_official_classifier_keeps_the_supervised_fc_and_only_that(tmp_path, ref):
+    """The supervised file's ImageNet classifier comes back as encoder + its own fc: the reference logits on [0, 1]
+    inputs, normalization inside, from the pickled and the safetensors file; methods with no published classifier
+    and backbone-only files are refused with the reason."""
+    expected = ref["feats"]["imagenet"] @ ref["sd"]["fc.weight"].T + ref["sd"]["fc.bias"]
+    for fmt in ("pth", "safetensors"):
+        clf = C.load_official_classifier("supervised", _write(tmp_path, ref, "supervised", "backbone", fmt))
+        assert not clf.training and clf.head.out_features == 1000 and C.REGISTRY["supervised"].fc_top1 == 76.13
+        with torch.no_grad():
+            torch.testing.assert_close(clf(ref["x"]), expected)
+    with pytest.raises(C.CheckpointKeyError, match="no published classifier"):
+        C.load_official_classifier("simclr", _write(tmp_path, ref, "simclr", "converted", "pth"))
+    no_fc = tmp_path / "supervised-no-fc.pth"
+    torch.save(_no_fc(ref["sd"]), no_fc)
+    with pytest.raises(C.CheckpointKeyError, match="holds no classifier") as e:
+        C.load_official_classifier("supervised", no_fc)
+    assert e.value.missing == ["fc.weight", "fc.bias"]
+    assert C.load_backbone("supervised", no_fc).feat_dim == 2048  # the backbone alone still loads
+
+
+def test_imagenet_fc_labels_map_wordnet_folders_to_the_1000_outputs():
+    assert C.imagenet_fc_labels(["n01440764", "n01443537", "n15075141"]) == [0, 1, 999]  # tench, goldfish, toilet tissue
+    assert C.imagenet_fc_labels(["n01443537", "cat"]) is None  # a folder not named by its WordNet id

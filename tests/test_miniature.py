@@ -13,19 +13,21 @@ import pickle
 import shutil
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
 from PIL import Image
 from torchvision import datasets, transforms
 
-from utils import miniature as M
-from utils.checkpoints import REGISTRY, load_backbone
-from utils.config import METHODS
-from utils.data import read_cifar
+from utils import encoders, miniature as M, probe, stats
+from utils.checkpoints import PUBLISHED_TASK, REGISTRY, load_backbone
+from utils.config import METHODS, OWN_FC_REGIME, notebook_parameters
+from utils.data import classification_task, read_cifar
 from utils.scenes import VOC_CLASSES, voc_scenes
 
 VOC = Path("VOCdevkit") / "VOC2012"
@@ -303,6 +305,45 @@ def test_every_checkpoint_loads_with_the_weights_written(mini):
     with torch.no_grad():
         feats = model(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     assert feats.shape == (4, 2048) and torch.isfinite(feats).all() and 0.01 < float(feats.std()) < 10
+
+
+# ----------------------------------------------------------------------- 02's guard: a wrong normalization is flagged
+def _own_fc_guard(roots, cache_dir):
+    """What notebook 02 runs for the supervised checkpoint's own classifier in `paper-mini`: 01's manifest of the
+    official file, the fc scored on 02's in-domain test points, the guard; returns (the fc's row, the sentence)."""
+    p = notebook_parameters("paper-mini", "02")
+    params01 = {**notebook_parameters("paper-mini", "01"), "checkpoint_root": str(roots["checkpoint_root"])}
+    encoders.pretrained_encoders("paper-mini", ["supervised"], params01=params01, cache_dir=cache_dir, record=True)
+    task = classification_task(p["task"], n_train=p["n_probe_train"], n_test=p["n_test"], seed=p["seed"],
+                               imagenet_root=str(roots["imagenet_root"]), image_size=p["image_size"])
+    table = probe.with_own_classifiers(pd.DataFrame(columns=["model", "regime", "task", "accuracy", "n"]),
+                                       encoders.official_classifiers("paper-mini", ["supervised"], cache_dir=cache_dir),
+                                       task)
+    table, sentence = stats.published_check(table, encoders.published_top1("paper-mini", ["supervised"], cache_dir),
+                                            task=p["task"], published_task=PUBLISHED_TASK,
+                                            tolerance=p["published_tolerance"])
+    (row,) = table[table.regime == OWN_FC_REGIME].to_dict("records")
+    return row, sentence
+
+
+def test_02s_guard_flags_a_wrong_normalization_of_the_supervised_fc(mini, tmp_path, monkeypatch):
+    """The miniature's supervised fc is learned (random weights would score ~0 % either way). With the correct
+    normalization its top-1 on 02's test points is the 'published' value of this run (the registry's 76.13 % belongs
+    to the real weights): not flagged. With inputs left unnormalized (SimCLR's convention: the classic mistake) or
+    normalized with other statistics, the same fc falls far below it: flagged, the causes named. (A linear probe
+    refitted on the wrongly normalized features would hide it: 0.958 either way on the 48 val images, measured.)"""
+    spec = REGISTRY["supervised"]
+    right, _ = _own_fc_guard(mini["roots"], tmp_path / "right")
+    assert right["accuracy"] >= 0.8 and right["n"] == notebook_parameters("paper-mini", "02")["n_test"]
+    monkeypatch.setitem(REGISTRY, "supervised", replace(spec, fc_top1=100 * right["accuracy"]))
+    right, sentence = _own_fc_guard(mini["roots"], tmp_path / "right-again")
+    assert right["shortfall"] == 0 and stats.BELOW_PUBLISHED not in right["flags"] and "within" in sentence
+    for wrong in ({"mean": None, "std": None}, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}):
+        monkeypatch.setitem(REGISTRY, "supervised", replace(spec, fc_top1=100 * right["accuracy"], **wrong))
+        row, sentence = _own_fc_guard(mini["roots"], tmp_path / f"wrong-{wrong['mean']}")
+        assert row["accuracy"] < right["accuracy"] - 0.3, wrong  # far more than the 2-point tolerance
+        assert stats.BELOW_PUBLISHED in row["flags"].split(";"), wrong
+        assert "supervised (own_fc)" in sentence and "normalization" in sentence
 
 
 # ------------------------------------------------------------------------------------------ idempotence, atomicity

@@ -213,7 +213,7 @@ def test_published_check_flags_a_shortfall_and_names_the_causes():
     out, msg = stats.published_check(table, published, task="imagenet", published_task="imagenet", tolerance=2.0)
     assert out["flags"].tolist() == ["", stats.BELOW_PUBLISHED, "", ""]  # only simclr is 9.1 points short
     assert out["shortfall"].round(6).tolist()[:3] == [0.6, 9.1, 0.1] and np.isnan(out["shortfall"].iloc[3])
-    assert "simclr 60.0 vs 69.1" in msg and "normalization" in msg and "SAME" in msg
+    assert "simclr (linear) 60.0 vs 69.1" in msg and "normalization" in msg and "SAME" in msg
     same, msg = stats.published_check(table, {}, task="imagenet", published_task="imagenet")
     assert same is table and "trained here" in msg  # nothing to compare: the table is left as it is
     same, _ = stats.published_check(table, published, task="fashion_mnist", published_task="imagenet")
@@ -233,3 +233,18 @@ def test_seed_replicates_are_named_seeded_and_refused_where_they_cannot_be_honou
         with pytest.raises(ValueError, match=match):
             seed_replicates({**p, **bad})
     assert seed_replicates(config.notebook_parameters("paper", "01")) == {}  # official checkpoints: one file per method
+
+
+def test_published_check_sets_each_regime_beside_its_own_published_value():
+    """Keyed by (model, regime): the supervised linear probe and the checkpoint's own fc each meet their value."""
+    table = pd.DataFrame({"model": ["supervised", "supervised", "dino"], "regime": ["linear", "own_fc", "linear"],
+                          "task": ["imagenet"] * 3, "accuracy": [0.755, 0.70, 0.74], "n": [100] * 3,
+                          "flags": [None, "", None]})
+    published = {("supervised", "linear"): 76.1, ("supervised", "own_fc"): 76.13, ("dino", "linear"): 75.3}
+    out, msg = stats.published_check(table, published, task="imagenet", published_task="imagenet", tolerance=2.0)
+    assert out["published_top1"].tolist() == [76.1, 76.13, 75.3]
+    assert out["flags"].tolist() == ["", stats.BELOW_PUBLISHED, ""]  # the fc is 6.13 points short, dino 1.3
+    assert "supervised (own_fc) 70.0 vs 76.1" in msg and "1 row(s)" in msg
+    out, msg = stats.published_check(table, {("supervised", "linear"): 76.1}, task="imagenet",
+                                     published_task="imagenet")
+    assert out["published_top1"].isna().tolist() == [False, True, True] and "within 2 points" in msg

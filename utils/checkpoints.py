@@ -3,7 +3,9 @@
 `load_backbone(method, path)` turns any of the official files listed in `REGISTRY` into the same thing: a module that
 takes images in [0, 1] of shape [N, 3, H, W], applies the method's own input normalization inside (none for SimCLR v1),
 and returns pooled features [N, 2048] (`feat_dim`); `feature_map(x)` gives the layer4 map [N, 2048, H/32, W/32] for
-dense heads. The returned module is in eval mode, on the CPU, with gradients enabled.
+dense heads. The returned module is in eval mode, on the CPU, with gradients enabled. `load_official_classifier` keeps
+the file's own ImageNet classifier `fc` as well (the supervised checkpoint: notebook 02 sets its top-1 beside the
+published one, `CheckpointSpec.fc_top1`); `imagenet_fc_labels` maps class folder names (WordNet ids) to its outputs.
 
 Safety: pickled checkpoints are read with `torch.load(..., weights_only=True)`, which refuses any file that would run
 code while loading (`UnsafeCheckpointError`); `.safetensors` files hold tensors only. `convert_to_safetensors` turns a
@@ -11,7 +13,8 @@ file you trust into a safetensors file once, so later loads need no pickle at al
 
 Layouts are data, not code: each `REGISTRY` row lists the layouts its official files use (container key, prefix to
 strip, prefixes to drop); the loader tries them in turn and loads strictly: every backbone key must be present and no
-key may be left over, apart from the classifier/projector `fc.*` (dropped: the module returns features) and the
+key may be left over, apart from the classifier/projector `fc.*` (dropped by `load_backbone`: the module returns
+features; kept by `load_official_classifier`) and the
 training counters `*.num_batches_tracked` (absent from converted files; they do not affect eval-mode outputs).
 """
 from __future__ import annotations
@@ -28,14 +31,15 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from utils.models import (IMAGENET_MEAN, IMAGENET_STD, Encoder, ResNetTrunk, torchvision_resnet,
+from utils.models import (IMAGENET_MEAN, IMAGENET_STD, Classifier, Encoder, ResNetTrunk, torchvision_resnet,
                           use_tf_same_padding)
 from utils.store import atomic_save, file_sha256
 
 __all__ = [
     "CheckpointError", "CheckpointKeyError", "UnsafeCheckpointError", "ChecksumMismatchError",
     "CheckpointNotFoundError", "CheckpointLayout", "CheckpointSpec", "REGISTRY", "registry_table",
-    "checkpoint_path", "load_backbone", "convert_to_safetensors", "ResNetTrunk",
+    "checkpoint_path", "load_backbone", "load_official_classifier", "imagenet_fc_labels", "convert_to_safetensors",
+    "ResNetTrunk",
 ]
 
 
@@ -114,6 +118,8 @@ class CheckpointSpec:
     sha256: full hex digest, or a prefix of >= 8 hex digits (torchvision's file-name convention); None if unknown.
     mean, std: per-channel input normalization for images in [0, 1]; None = the model takes [0, 1] images as they are.
     linear_top1: published ImageNet linear-evaluation top-1 (%) as listed in BRIEF.md; None if not listed there.
+    fc_top1: published ImageNet top-1 (%) of the file's own 1000-class classifier `fc`, the one shipped with the
+        weights (the supervised model's); None when the file holds no published classifier.
     tf_same_padding: the weights were trained with TensorFlow/Haiku "SAME" padding (asymmetric on stride-2 layers).
     conversion: how to obtain a PyTorch file when the official one is not (empty for native PyTorch files).
     """
@@ -127,6 +133,7 @@ class CheckpointSpec:
     mean: tuple[float, ...] | None = IMAGENET_MEAN
     std: tuple[float, ...] | None = IMAGENET_STD
     linear_top1: float | None = None
+    fc_top1: float | None = None
     tf_same_padding: bool = False
     conversion: str = ""
     notes: str = ""
@@ -139,9 +146,10 @@ _ROWS = [
     CheckpointSpec(
         "supervised", "Supervised", "resnet50-0676ba61.pth",
         "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        (PLAIN,), sha256="0676ba61", linear_top1=76.1,
-        notes="torchvision IMAGENET1K_V1; flat dict incl. fc (classifier, dropped). sha256 is the prefix torchvision "
-              "puts in the file name."),
+        (PLAIN,), sha256="0676ba61", linear_top1=76.1, fc_top1=76.13,
+        notes="torchvision IMAGENET1K_V1; flat dict incl. fc (its ImageNet classifier: dropped by load_backbone, "
+              "kept by load_official_classifier; 76.13 % top-1 as torchvision documents the weights). sha256 is the "
+              "prefix torchvision puts in the file name."),
     CheckpointSpec(
         "simclr", "SimCLR v1", "resnet50-1x.pth", "https://github.com/tonylins/simclr-converter",
         (CheckpointLayout("converted", ("state_dict",)),), mean=None, std=None, linear_top1=69.1,
@@ -223,7 +231,7 @@ def registry_table() -> pd.DataFrame:
         norm = "none: [0, 1] inputs" if s.mean is None else (
             "ImageNet mean/std" if (s.mean, s.std) == (IMAGENET_MEAN, IMAGENET_STD) else f"mean={s.mean}, std={s.std}")
         rows.append({"method": s.method, "name": s.display_name, "file_name": s.file_name, "url": s.url,
-                     "sha256": s.sha256, "normalization": norm, "linear_top1": s.linear_top1,
+                     "sha256": s.sha256, "normalization": norm, "linear_top1": s.linear_top1, "fc_top1": s.fc_top1,
                      "layouts": "; ".join(layout.describe() for layout in s.layouts),
                      "tf_same_padding": s.tf_same_padding, "conversion": s.conversion or None, "notes": s.notes})
     return pd.DataFrame(rows)
@@ -399,6 +407,7 @@ class _Match:
     mismatched: list[str]
     dropped: list[str]
     no_container: bool = False
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # the file's `fc.*` tensors, torchvision names
 
     @property
     def ok(self) -> bool:
@@ -415,7 +424,7 @@ def _match(obj, layout: CheckpointLayout, target: Mapping[str, torch.Tensor]) ->
     if not isinstance(inner, Mapping):
         top = [str(k) for k in obj] if isinstance(obj, Mapping) else [type(obj).__name__]
         return _Match(layout, {}, [k for k in target if not k.endswith(OPTIONAL_SUFFIX)], top, [], [], True)
-    state, unexpected, dropped = {}, [], []
+    state, unexpected, dropped, head = {}, [], [], {}
     for raw, value in inner.items():
         raw = str(raw)
         if raw.startswith(layout.drop):
@@ -428,6 +437,7 @@ def _match(obj, layout: CheckpointLayout, target: Mapping[str, torch.Tensor]) ->
         key = raw[len(prefix):]
         if key.startswith(HEAD_PREFIX):
             dropped.append(raw)
+            head[key] = value
         elif key in target:
             state[key] = value
         else:
@@ -435,7 +445,7 @@ def _match(obj, layout: CheckpointLayout, target: Mapping[str, torch.Tensor]) ->
     missing = [k for k in target if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in state.items() if tuple(v.shape) != tuple(target[k].shape)]
-    return _Match(layout, state, missing, unexpected, mismatched, dropped)
+    return _Match(layout, state, missing, unexpected, mismatched, dropped, head=head)
 
 
 def _best_match(obj, spec: CheckpointSpec, target) -> tuple[_Match, list[_Match]]:
@@ -507,6 +517,56 @@ def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", 
     Raises CheckpointNotFoundError, ChecksumMismatchError, UnsafeCheckpointError (a pickle that would run code; nothing
     is run), CheckpointKeyError (keys do not fit: lists missing/unexpected keys and what to do).
     """
+    return _load(method, path, arch, sha256=sha256, tf_same_padding=tf_same_padding)[0]
+
+
+def load_official_classifier(method: str, path: str | os.PathLike, arch: str = "resnet50", *,
+                             sha256: str | bool | None = None, tf_same_padding: bool | None = None) -> Classifier:
+    """The checkpoint's own ImageNet classifier: `load_backbone`'s encoder with the file's `fc` kept as the head.
+
+    Only for a method whose registry row lists a published top-1 of that classifier (`fc_top1`: the supervised
+    torchvision weights); the file is read as safely as by `load_backbone` (weights_only / safetensors) and the same
+    arguments apply. Returns a `Classifier` in eval mode: x [N, 3, H, W] in [0, 1] -> logits [N, 1000] over the
+    ILSVRC-2012 classes in their standard order (`imagenet_fc_labels` maps class folders onto it), normalization
+    inside. Raises CheckpointKeyError when the registry lists no such classifier or the file holds no `fc` of the
+    backbone's width.
+    """
+    spec = _spec(method)
+    if spec.fc_top1 is None:
+        with_fc = [s.method for s in REGISTRY.values() if s.fc_top1 is not None]
+        raise CheckpointKeyError(f"the registry lists no published classifier of the {spec.display_name} checkpoint "
+                                 f"(its fc, if any, is a projector or an unpublished head); methods with one: "
+                                 f"{with_fc}")
+    encoder, best = _load(method, path, arch, sha256=sha256, tf_same_padding=tf_same_padding)
+    weight, bias = best.head.get(HEAD_PREFIX + "weight"), best.head.get(HEAD_PREFIX + "bias")
+    if weight is None or bias is None or weight.dim() != 2 or weight.shape[1] != encoder.feat_dim \
+            or tuple(bias.shape) != (weight.shape[0],):
+        found = {k: tuple(v.shape) for k, v in best.head.items()} or "none"
+        raise CheckpointKeyError(f"{encoder.checkpoint_info['path']} holds no classifier fc.weight [K, "
+                                 f"{encoder.feat_dim}] + fc.bias [K] (fc tensors found: {found}): it is a backbone-only "
+                                 f"file; the {spec.display_name} classifier is in {spec.file_name} ({_how_to_get(spec)})",
+                                 missing=[k for k in ("fc.weight", "fc.bias") if k not in best.head])
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight.float(), "bias": bias.float()}, assign=True)
+    clf = Classifier(encoder, head).eval()
+    clf.method, clf.arch = spec.method, arch
+    return clf
+
+
+def imagenet_fc_labels(classes: list[str]) -> list[int] | None:
+    """The output index of an ImageNet-1k classifier (ILSVRC-2012 order: sorted WordNet ids, as torchvision's
+    weights) for each class folder name in `classes` (a task's class names, label order); None when a name is no
+    ILSVRC-2012 WordNet id (then a 1000-class `fc` cannot be scored on the folder's labels). The id list is timm's."""
+    from timm.data import ImageNetInfo  # lazily: timm loads its class tables on import
+
+    index = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    out = [index.get(name) for name in classes]
+    return None if any(i is None for i in out) else out
+
+
+def _load(method: str, path: str | os.PathLike, arch: str, *, sha256: str | bool | None,
+          tf_same_padding: bool | None) -> tuple[Encoder, _Match]:
+    """`load_backbone`'s work: (the encoder, the layout match that built it, with the file's `fc` tensors)."""
     spec = _spec(method)
     path = Path(path).expanduser()
     if path.is_dir():
@@ -552,4 +612,4 @@ def load_backbone(method: str, path: str | os.PathLike, arch: str = "resnet50", 
         "n_loaded": len(best.state), "n_dropped": len(best.dropped), "dropped": _preview(best.dropped, 5),
         "tf_same_padding": same, "normalization": None if spec.mean is None else {"mean": spec.mean, "std": spec.std},
     }
-    return model.eval()
+    return model.eval(), best

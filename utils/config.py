@@ -26,6 +26,8 @@ SUPERVISED = "supervised"
 # How a classifier is adapted from a frozen encoder (notebooks 02-04), and the one regime of the dense tasks (05).
 REGIMES = ["linear", "finetuned", "adv-finetuned"]
 FINETUNE_REGIMES = REGIMES[1:]
+# Notebook 02's row of an official checkpoint's own ImageNet classifier (`fc`), scored beside its published top-1.
+OWN_FC_REGIME = "own_fc"
 DENSE_REGIME = "frozen_encoder"
 # What the `metric` column of the dense tasks' tidy table names (the value sits in `accuracy`).
 METRIC_MAP = "map50"
@@ -69,13 +71,14 @@ PROFILES: dict[str, dict[str, dict]] = {
         "03": {"n_attack": 128, "transfer_task": "digits", "eps_linf": [0, 2 / 255, 8 / 255, 64 / 255],
                "eps_l2": [0, 0.5, 2.0], "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
                "l2_attacks": ["pgd"], "steps": 3, "restarts": 1, "square_queries": 20, "n_targets": 3,
-               "n_ensemble": 64, "attack_batch": 256,
+               "n_ensemble": 64, "attack_batch": 256, "attack_batch_multiple": 1,
                "ref_eps": 2 / 255, "convergence_n": 32, "convergence_schedule": [[3, 1], [6, 1], [6, 2]],
                "n_show": 2, "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 256, "finetune_epochs": 1, "finetune_lr": 3e-4,
                "adv_epochs": 1, "adv_eps": 4 / 255, "adv_steps": 2, "n_attack": 128,
                "eps_linf": [0, 2 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 3,
-               "attack_batch": 256, "ablation_methods": ["simclr"], "n_ablation": 256, "ablation_epochs": 1,
+               "attack_batch": 256, "attack_batch_multiple": 1, "ablation_methods": ["simclr"], "n_ablation": 256,
+               "ablation_epochs": 1,
                "ablation_lr": 1e-3, "ablation_batch_size": 128,
                "archs": ["resnet_micro", "resnet_tiny"], "epoch_checkpoints": [1, 2], "batch_sizes": [32, 64, 128]},
         "05": {"dataset": "fashion_scenes", "canvas": 64, "max_items": 4, "n_train_scenes": 64,
@@ -93,12 +96,13 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
                "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd"],
                "steps": 10, "restarts": 1, "square_queries": 500, "n_targets": 3, "n_ensemble": 100,
-               "attack_batch": 256,
+               "attack_batch": 256, "attack_batch_multiple": 1,
                "ref_eps": 4 / 255,
                "convergence_n": 100, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]], "n_show": 2,
                "n_teach": 100, "teach_eps": 8 / 255, "teach_steps": 10},
         "04": {"transfer_task": "digits", "n_finetune": 5000, "finetune_epochs": 2, "finetune_lr": 3e-4,
                "adv_epochs": 2, "adv_eps": 4 / 255, "adv_steps": 3, "n_attack": 1000, "attack_batch": 256,
+               "attack_batch_multiple": 1,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "ref_eps": 2 / 255, "steps": 10,
                "ablation_methods": ["simclr", "barlowtwins"], "n_ablation": 5000, "ablation_epochs": 2,
                "ablation_lr": 5e-3, "ablation_batch_size": 64,
@@ -120,11 +124,12 @@ PROFILES: dict[str, dict[str, dict]] = {
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "eps_l2": [0, 0.25, 0.5, 1.0, 2.0],
                "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"],
                "l2_attacks": ["pgd", "apgd-ce"], "steps": 100, "restarts": 5, "square_queries": 5000, "n_targets": 9,
-               "n_ensemble": 5000, "attack_batch": 256,
+               "n_ensemble": 5000, "attack_batch": 256, "attack_batch_multiple": 16,
                "ref_eps": 4 / 255, "convergence_n": 1000, "convergence_schedule": [[10, 1], [50, 1], [100, 1], [100, 5]],
                "n_show": 2, "n_teach": 100, "teach_eps": 4 / 255, "teach_steps": 10},
         "04": {"transfer_task": "cifar10", "n_finetune": 100000, "finetune_epochs": 20, "finetune_lr": 1e-4,
                "adv_epochs": 10, "adv_eps": 4 / 255, "adv_steps": 10, "n_attack": 2000, "attack_batch": 256,
+               "attack_batch_multiple": 16,
                "eps_linf": [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255], "ref_eps": 2 / 255, "steps": 50,
                "ablation_methods": ["mocov2", "dino"], "n_ablation": 50000, "ablation_epochs": 20,
                "ablation_lr": 2e-3, "ablation_batch_size": 256,
@@ -149,11 +154,13 @@ PROFILES["paper-mini"] = {
     "03": {"n_attack": 24, "transfer_task": "cifar10", "eps_linf": [0, 2 / 255, 8 / 255], "eps_l2": [0, 0.5],
            "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd", "apgd-ce"],
            "steps": 2, "restarts": 1, "square_queries": 10, "n_targets": 2, "n_ensemble": 12, "attack_batch": 8,
+           "attack_batch_multiple": 2,
            "ref_eps": 2 / 255,
            "convergence_n": 12, "convergence_schedule": [[2, 1], [4, 1], [4, 2]], "n_show": 2, "n_teach": 16,
            "teach_eps": 8 / 255, "teach_steps": 3},
     "04": {"transfer_task": "cifar10", "n_finetune": 48, "finetune_epochs": 1, "finetune_lr": 1e-4, "adv_epochs": 1,
-           "adv_eps": 4 / 255, "adv_steps": 1, "n_attack": 24, "attack_batch": 8, "eps_linf": [0, 2 / 255, 8 / 255],
+           "adv_eps": 4 / 255, "adv_steps": 1, "n_attack": 24, "attack_batch": 8, "attack_batch_multiple": 2,
+           "eps_linf": [0, 2 / 255, 8 / 255],
            "ref_eps": 2 / 255, "steps": 2, "ablation_methods": ["simclr"], "n_ablation": 64, "ablation_epochs": 2,
            "ablation_lr": 1e-3,
            "ablation_batch_size": 32, "archs": ["resnet_micro", "resnet18"], "epoch_checkpoints": [1, 2],
@@ -330,7 +337,10 @@ KEY_DOCS: dict[str, str] = {
     "square_queries": "model queries the ensemble's black-box Square may spend per point (AutoAttack: 5000)",
     "n_targets": "target classes of the ensemble's APGD-T and FAB-T (AutoAttack: 9)",
     "n_ensemble": "points of each task the full AutoAttack ensemble attacks (count; the first ones)",
-    "attack_batch": "points per attack batch: each draws its own random starts, and torchrun ranks share batches",
+    "attack_batch": "points per attack batch at most: each draws its own random starts, and torchrun ranks share "
+                    "batches",
+    "attack_batch_multiple": "cut the attacked points into a multiple of this many near-equal batches, so torchrun "
+                             "on any divisor of it gives every rank the same load (1: batches of attack_batch)",
     "convergence_n": "points of each task the convergence check attacks (count)",
     "convergence_schedule": "[steps, restarts] budgets of the convergence check, increasing",
     "n_show": "adversarial examples drawn per model",

@@ -18,8 +18,8 @@ from typing import Sequence
 
 from torch import nn
 
-from utils.checkpoints import REGISTRY, checkpoint_path, load_backbone
-from utils.config import SUPERVISED, notebook_parameters, output_dirs
+from utils.checkpoints import REGISTRY, checkpoint_path, load_backbone, load_official_classifier
+from utils.config import OWN_FC_REGIME, SUPERVISED, notebook_parameters, output_dirs
 from utils.data import sources
 from utils.parallel import job_threads, local_workers, map_jobs
 from utils.pretrain import pretrain_or_load
@@ -178,12 +178,34 @@ def notebook01_parameters(profile: str, cache_dir: str | Path | None = None) -> 
     return dict(_manifest(profile, cache_dir)["params01"])
 
 
-def published_top1(profile: str, methods: Sequence[str], cache_dir: str | Path | None = None) -> dict[str, float]:
-    """{method: published linear top-1 (%)} for the official checkpoints notebook 01 loaded (the registry's values,
-    measured on `utils.checkpoints.PUBLISHED_TASK`); {} when 01 trained its encoders here."""
+def _official(man: dict, methods: Sequence[str]) -> list[str]:
+    return [m for m in methods if man["encoders"].get(m, {}).get("kind") == "official"]
+
+
+def published_top1(profile: str, methods: Sequence[str],
+                   cache_dir: str | Path | None = None) -> dict[tuple[str, str], float]:
+    """{(method, regime): published top-1 (%)} for the official checkpoints notebook 01 loaded (the registry's
+    values, measured on `utils.checkpoints.PUBLISHED_TASK`): regime "linear" for the linear evaluation, and
+    `OWN_FC_REGIME` for a checkpoint's own classifier (`fc_top1`, the supervised one); {} when 01 trained its
+    encoders here."""
     man = _manifest(profile, cache_dir)
-    return {m: REGISTRY[m].linear_top1 for m in methods
-            if man["encoders"].get(m, {}).get("kind") == "official" and REGISTRY[m].linear_top1 is not None}
+    out = {}
+    for m in _official(man, methods):
+        for regime, top1 in (("linear", REGISTRY[m].linear_top1), (OWN_FC_REGIME, REGISTRY[m].fc_top1)):
+            if top1 is not None:
+                out[(m, regime)] = top1
+    return out
+
+
+def official_classifiers(profile: str, methods: Sequence[str], *,
+                         cache_dir: str | Path | None = None) -> dict[str, nn.Module]:
+    """{method: the checkpoint's own ImageNet classifier, encoder + its `fc`} for the official checkpoints notebook
+    01 loaded whose registry row lists a published top-1 of that classifier (`fc_top1`: the supervised one), each
+    file checked against the sha256 01 recorded (`utils.checkpoints.load_official_classifier`); {} when 01 trained
+    its encoders here. Eval mode, CPU; logits [N, 1000] over the ILSVRC-2012 classes."""
+    man = _manifest(profile, cache_dir)
+    return {m: load_official_classifier(m, man["encoders"][m]["path"], sha256=man["encoders"][m]["sha256"])
+            for m in _official(man, methods) if REGISTRY[m].fc_top1 is not None}
 
 
 def load_encoders(profile: str, methods: Sequence[str], *, progress: bool = False, device: str = "cpu",

@@ -18,6 +18,8 @@ profile reads, so that the paper code path (file layouts, loaders, quirks) runs 
   layout that `utils.checkpoints.REGISTRY[method]` lists first, under the registry's file name, plus `SHA256SUMS`.
   Tensors the loader must drop (MoCo's key encoder and queue, SwAV's projection head and prototypes) carry their
   official names and shapes but one stored value each (stride-0), so each costs bytes, not megabytes.
+  The supervised file's `fc` is learned (`_fitted_fc`), so that 02's guard, which scores it, has something to catch:
+  only a head that learned something loses accuracy when the inputs are normalized or resized wrongly.
 
 Writes are atomic: the tree is built in `<root>.tmp-XXXX` and renamed onto `root`, its marker `MINIATURE.json` (format
 version, seed, every file with its size) written last, so an interrupted run never leaves a tree that looks complete.
@@ -46,9 +48,11 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from utils.checkpoints import REGISTRY
-from utils.config import METHODS
-from utils.data import CIFAR_DIRS, CIFAR_FILES
+from utils.checkpoints import REGISTRY, imagenet_fc_labels
+from utils.config import METHODS, PROFILES
+from utils.data import CIFAR_DIRS, CIFAR_FILES, class_names, load_classification
+from utils.models import Encoder, ResNetTrunk, torchvision_resnet
+from utils.probe import extract_features, fit_logistic_regression
 from utils.scenes import VOC_CLASSES
 from utils.store import atomic_write_json, file_sha256
 
@@ -56,7 +60,7 @@ __all__ = ["make_miniature", "miniature_ready", "MiniatureError", "FORMAT_VERSIO
            "IMAGENET_TRAIN_PER_CLASS", "IMAGENET_VAL_PER_CLASS", "IMAGE_SIZES", "CIFAR10_CLASSES", "CIFAR100_CLASSES",
            "CIFAR100_COARSE_CLASSES", "CIFAR100_COARSE_OF_FINE", "VOC_PALETTE", "CHECKPOINT_LAYOUTS", "main"]
 
-FORMAT_VERSION = 1  # bump when any file's content or layout changes: older trees are then rebuilt
+FORMAT_VERSION = 2  # 2: the supervised checkpoint's fc is learned. Bump when any file's content or layout changes: older trees are then rebuilt
 MARKER = "MINIATURE.json"
 TOP_LEVEL = ("imagenet", "cifar", "voc", "checkpoints", MARKER)  # all a miniature root holds
 STALE_AFTER_S = 3600  # a `<root>.tmp-*` / `.old-*` folder untouched this long is a crashed run's leftover
@@ -447,7 +451,37 @@ CHECKPOINT_LAYOUTS = {
 }
 
 
-def _write_checkpoints(folder: Path, seed: int) -> None:
+# The methods whose file carries a learned classifier `fc` (`_fitted_fc`), and the bias of the rows of the 996
+# ImageNet classes the miniature does not hold (weight 0): far below any fitted logit, so they never win.
+LEARNED_FC = ("supervised",)
+ABSENT_CLASS_BIAS = -100.0
+
+
+def _fitted_fc(state: dict[str, torch.Tensor], method: str, imagenet_root: Path) -> dict[str, torch.Tensor]:
+    """fc.weight [1000, 2048] and fc.bias [1000] for the random trunk in `state`: notebook 02's probe fitted on the
+    trunk's features of the miniature's ImageNet train split as `paper-mini` loads it (its `image_size`, the method's
+    normalization), in the rows of the classes' ILSVRC-2012 indices; one thread (bytes independent of the cores)."""
+    spec = REGISTRY[method]
+    net = torchvision_resnet("resnet50", meta=True)
+    net.load_state_dict(state, strict=True, assign=True)
+    n_out = net.fc.out_features
+    encoder = Encoder(ResNetTrunk(net), mean=spec.mean, std=spec.std, normalize=spec.mean is not None).eval()
+    x, y = load_classification("imagenet", "train", imagenet_root=str(imagenet_root),
+                               image_size=PROFILES["paper-mini"]["common"]["image_size"], seed=0)
+    rows = imagenet_fc_labels(class_names("imagenet", imagenet_root=str(imagenet_root)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        head = fit_logistic_regression(extract_features(encoder, x), y, len(rows), seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    weight = torch.zeros(n_out, encoder.feat_dim)
+    bias = torch.full((n_out,), ABSENT_CLASS_BIAS)
+    weight[rows], bias[rows] = head.weight.detach(), head.bias.detach()
+    return {"fc.weight": weight.contiguous(), "fc.bias": bias.contiguous()}
+
+
+def _write_checkpoints(folder: Path, seed: int, imagenet_root: Path) -> None:
     folder.mkdir(parents=True)
     sums = []
     for method in METHODS:
@@ -457,7 +491,10 @@ def _write_checkpoints(folder: Path, seed: int) -> None:
             raise MiniatureError(f"utils.checkpoints.REGISTRY[{method!r}] now lists layout {spec.layouts[0].name!r} "
                                  f"first, but the miniature writes {layout!r}: update CHECKPOINT_LAYOUTS")
         path = folder / spec.file_name
-        torch.save(build(_random_resnet50(_seed(seed, "checkpoint", method))), path)
+        state = _random_resnet50(_seed(seed, "checkpoint", method))
+        if method in LEARNED_FC:
+            state.update(_fitted_fc(state, method, imagenet_root))
+        torch.save(build(state), path)
         sums.append(f"{file_sha256(path)}  {spec.file_name}\n")
     (folder / "SHA256SUMS").write_text("".join(sorted(sums, key=lambda line: line.split()[1])))
 
@@ -533,7 +570,7 @@ def make_miniature(root: str | os.PathLike, *, seed: int = 0, force: bool = Fals
             (tmp / "cifar" / CIFAR_DIRS[task]).mkdir(parents=True)
             write(tmp / "cifar" / CIFAR_DIRS[task], seed)
         _write_voc(tmp / "voc", seed)
-        _write_checkpoints(tmp / "checkpoints", seed)
+        _write_checkpoints(tmp / "checkpoints", seed, tmp / "imagenet")
         roots = {k: v.relative_to(root).as_posix() for k, v in _roots(root).items()}
         atomic_write_json(tmp / MARKER, {"format_version": FORMAT_VERSION, "seed": int(seed),
                                          "generator": "utils.miniature", "roots": roots, "files": _files(tmp)})

@@ -1,6 +1,6 @@
 """Adapting a frozen encoder to a task: features, the linear probe, fine-tuning and adversarial fine-tuning.
 
-Methods layer: imports models, attacks, runtime, store, parallel, config.
+Methods layer: imports models, checkpoints, attacks, runtime, store, parallel, config.
 
 Linear-probe recipe (identical for all eight encoders): features of the frozen encoder in eval mode (float32),
 standardized with the train features' mean/std, then multinomial logistic regression trained full-batch with L-BFGS
@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from utils import attacks
-from utils.config import FINETUNE_REGIMES
+from utils.checkpoints import imagenet_fc_labels
+from utils.config import FINETUNE_REGIMES, OWN_FC_REGIME
 from utils.models import Classifier, load_classifier, read_classifier, save_classifier
 from utils.parallel import job_threads, local_workers, map_jobs
 from utils.runtime import TrainingDivergedError, autocast, batches, warmup_cosine
@@ -241,6 +242,32 @@ def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.Pa
                      "seconds": round(time.perf_counter() - t0, 2)})
     atomic_write_json(Path(cache_dir) / "classifiers" / LINEAR_MANIFEST, {"classifiers": fitted})
     return pd.DataFrame(rows)
+
+
+# Flag of an own-classifier row that could not be scored: the task's class folders are no ILSVRC-2012 WordNet ids.
+FC_UNSCORED = "fc_unscored"
+
+
+def with_own_classifiers(table: pd.DataFrame, classifiers: dict[str, nn.Module], task: dict, *,
+                         device: str = "cpu") -> pd.DataFrame:
+    """`table` (notebook 02's, one row per model x task) plus one row per checkpoint's own ImageNet classifier
+    (`classifiers[method]`: logits [N, 1000], `utils.encoders.official_classifiers`), regime `OWN_FC_REGIME`,
+    scored on the same test points of the in-domain `task` (a `classification_task` dict) as the linear probes:
+    each class folder's label is mapped to the classifier's output for its WordNet id (`imagenet_fc_labels`), so
+    the accuracy is the usual 1000-way top-1 on those points. When the folder names are not WordNet ids the row's
+    accuracy is NaN and its flag `fc_unscored`. No classifiers: `table` unchanged."""
+    if not classifiers:
+        return table
+    labels = imagenet_fc_labels(task["classes"])
+    rows = []
+    for method, clf in classifiers.items():
+        t0 = time.perf_counter()
+        acc = float("nan") if labels is None else accuracy(clf, task["x_test"],
+                                                           torch.tensor(labels)[task["y_test"]], device=device)
+        rows.append({"model": method, "regime": OWN_FC_REGIME, "task": task["task"], "accuracy": acc,
+                     "n": len(task["y_test"]), "n_train": None, "seconds": round(time.perf_counter() - t0, 2),
+                     "flags": FC_UNSCORED if labels is None else ""})
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------------- fine-tuning

@@ -10,10 +10,15 @@ check, and transfer attacks. Also a command:
     torchrun --nnodes 2 --node_rank $NODE_RANK --nproc_per_node 8 --rdzv_backend c10d \
              --rdzv_endpoint $MASTER:29500 -m utils.robustness --profile paper --notebook 03
 
-How points are shared: the N points are cut into batches of `batch_size` in input order; rank r attacks batches
-r, r + W, r + 2W, ... (W = world size), each with its own random-start seed derived from (seed, batch index). So
-every point is attacked exactly once (no padding duplicates), and by the same computation whatever W is: the
-per-point verdicts are all-reduced (summed; the shards are disjoint) and equal those of a single process.
+How points are shared: the N points are cut into batches in input order (`attack_batches`: a function of N,
+`batch_size` and `batch_multiple`, never of the world size W); rank r attacks batches r, r + W, r + 2W, ..., each
+with its own random-start seed derived from (seed, batch index). So every point is attacked exactly once (no padding
+duplicates), and by the same computation whatever W is: the per-point verdicts are all-reduced (summed; the shards
+are disjoint) and equal those of a single process. Balance: with `batch_multiple` m > 1 the points are cut into a
+multiple of m batches of near-equal size (at most `batch_size` each), so on any W dividing m every rank gets the same
+number of batches and the same load within one point per batch (5,000 points, batch 256, m = 16: 32 batches of
+156-157, two per rank on 16 GPUs, where batches of 256 leave 12 of 16 ranks idle for half the sweep); on other W the
+loads differ by at most one batch.
 
 The command writes its results into the same cache the notebook reads (`cache/<profile>/attacks/*.json`, rank 0
 writes): run it first, then the notebook (`python -m utils.pipeline --only 03`) finds every sweep done and draws the
@@ -48,10 +53,36 @@ KERNEL_VERSION = 4  # 4: one run per eps in the cascade (carried point + random 
 
 # -------------------------------------------------------------------------------------------------- sharded sweeps
 
+def attack_batches(n: int, batch_size: int, multiple: int = 1) -> list[slice]:
+    """The batches N = `n` points are attacked in (input order, contiguous, each the unit of its random starts).
+
+    multiple = 1: consecutive batches of `batch_size` points, the last one shorter (the layout of every sweep cached
+    before `multiple` existed). multiple = m > 1: the smallest multiple of m batches (or N, if fewer) of at most
+    `batch_size` points, sizes as equal as can be (they differ by at most one point), so that torchrun on any
+    world size dividing m gives every rank the same load. Never a function of the world size: the batches, and so
+    the numbers, are the same on any number of ranks.
+    """
+    n, batch_size, multiple = int(n), int(batch_size), int(multiple)
+    if batch_size < 1 or multiple < 1:
+        raise ValueError(f"batch_size and multiple must be >= 1, got {batch_size} and {multiple}")
+    if multiple == 1:
+        return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+    fewest = -(-n // batch_size)  # ceil(n / batch_size): the fewest batches that hold n points
+    count = min(n, -(-fewest // multiple) * multiple)  # rounded up to a multiple of m
+    bounds = [i * (n // count) + min(i, n % count) for i in range(count + 1)] if count else [0]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def rank_batches(n_batches: int, rank: int, world_size: int) -> list[int]:
+    """The batch indices rank `rank` of `world_size` attacks: rank, rank + W, ... (counts differ by at most one)."""
+    return list(range(rank, n_batches, world_size))
+
+
 def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_list, attack: str = "pgd",
                             norm: str = "linf", steps: int = 10, restarts: int = 1, batch_size: int = 256,
-                            seed: int = 0, **attack_kwargs) -> attacks.RobustAccuracy:
-    """`utils.attacks.robust_accuracy` over (x [N,C,H,W] in [0,1], y [N]) split into batches shared across ranks.
+                            batch_multiple: int = 1, seed: int = 0, **attack_kwargs) -> attacks.RobustAccuracy:
+    """`utils.attacks.robust_accuracy` over (x [N,C,H,W] in [0,1], y [N]) split into batches shared across ranks
+    (`attack_batches(N, batch_size, batch_multiple)`; see the module docstring).
 
     Returns a `RobustAccuracy` holding the verdicts of ALL N points on every rank (identical to a single process).
     """
@@ -63,12 +94,12 @@ def sharded_robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     by = torch.zeros(len(eps_grid), n, dtype=torch.int32)  # fooled_by + 3 on the points this rank attacked, else 0
     members = None
     flags: set[str] = set()
-    n_batches = (n + batch_size - 1) // batch_size
-    if attack_kwargs.get("fold_bn", True) is True and n_batches > 1:
+    layout = attack_batches(n, batch_size, batch_multiple)
+    if attack_kwargs.get("fold_bn", True) is True and len(layout) > 1:
         # folded once per sweep, not per batch (a ResNet-50 takes ~2 s to fold on a CPU); None: nothing to fold
         attack_kwargs["fold_bn"] = attacks.fold_batchnorm(model) or False
-    for b in range(rank, n_batches, size):
-        sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+    for b in rank_batches(len(layout), rank, size):
+        sl = layout[b]
         res = attacks.robust_accuracy(model, x[sl].to(device), y[sl].to(device), eps_list=eps_grid, attack=attack,
                                       norm=norm, steps=steps, restarts=restarts, batch_size=batch_size,
                                       seed=derive_seed(seed, b, SEED_STREAM_BATCH), check_monotonic=False,
@@ -104,21 +135,22 @@ DEFAULT_BATCH = 256
 
 
 def sweep_cache(clf, x, y, *, model, task, attack, norm, eps_list, steps, restarts, seed, regime, cache_dir,
-                ensemble_options=None, batch_size=DEFAULT_BATCH):
-    """(folder, name, key) of one sweep's cache entry (see `attack_sweep`). The batch size joins the key when it is
-    not the default (each batch draws its own random starts, so it changes the numbers; keys made before it was a
-    knob stay valid)."""
+                ensemble_options=None, batch_size=DEFAULT_BATCH, batch_multiple=1):
+    """(folder, name, key) of one sweep's cache entry (see `attack_sweep`). The batch size and multiple join the key
+    when they are not the defaults (each batch draws its own random starts, so they change the numbers; keys made
+    before they were knobs stay valid)."""
     key = {"weights": weights_digest(clf), "points": points_digest(x, y), "attack": attack, "norm": norm,
            "eps": list(eps_list), "steps": steps, "restarts": restarts, "seed": seed, "model": model, "task": task,
            "regime": regime, "kernel": KERNEL_VERSION, **({"ensemble": ensemble_options} if ensemble_options else {}),
-           **({"batch": int(batch_size)} if int(batch_size) != DEFAULT_BATCH else {})}
+           **({"batch": int(batch_size)} if int(batch_size) != DEFAULT_BATCH else {}),
+           **({"batch_multiple": int(batch_multiple)} if int(batch_multiple) != 1 else {})}
     return Path(cache_dir) / "attacks", f"{model}-{task}-{regime}-{attack}-{norm}", key
 
 
 def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str, task: str, attack: str, norm: str,
                  eps_list: list[float], steps: int, restarts: int = 1, regime: str = "linear", seed: int = 0,
                  cache_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH,
-                 ensemble_options: dict | None = None) -> dict:
+                 batch_multiple: int = 1, ensemble_options: dict | None = None) -> dict:
     """Robust accuracy of `clf` over `eps_list` for one attack (or ensemble), as {"rows": tidy rows, "mask":
     [[0/1]*n]*len(eps), "members": the attacks run, "fooled_by": [[member index or -1/-2]*n]*len(eps)}.
     `ensemble_options`: n_targets, n_queries for the members that take them.
@@ -129,8 +161,8 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
     def compute():
         # sharded across torch.distributed ranks when launched by torchrun; the same numbers in one process
         res = sharded_robust_accuracy(clf.to(device), x, y, eps_list=eps_list, attack=attack, norm=norm,
-                                      steps=steps, restarts=restarts, batch_size=batch_size, seed=seed,
-                                      **(ensemble_options or {}))
+                                      steps=steps, restarts=restarts, batch_size=batch_size,
+                                      batch_multiple=batch_multiple, seed=seed, **(ensemble_options or {}))
         rows = res.to_rows(model=model, regime=regime, task=task)
         if "square" in res.members and len(res.members) > 1:
             _flag_blackbox(rows, res)
@@ -141,7 +173,8 @@ def attack_sweep(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, *, model: str
         return compute()
     folder, name, key = sweep_cache(clf, x, y, model=model, task=task, attack=attack, norm=norm, eps_list=eps_list,
                                     steps=steps, restarts=restarts, seed=seed, regime=regime, cache_dir=cache_dir,
-                                    ensemble_options=ensemble_options, batch_size=batch_size)
+                                    ensemble_options=ensemble_options, batch_size=batch_size,
+                                    batch_multiple=batch_multiple)
     return cached_json(folder, name, key, compute)
 
 
@@ -165,13 +198,14 @@ def _flag_blackbox(rows: list[dict], res: attacks.RobustAccuracy) -> None:
 def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[str, tuple], settings: list[dict],
                     *, steps: int, restarts: int, seed: int = 0, regime: str = "linear",
                     cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False,
-                    batch_size: int = DEFAULT_BATCH):
+                    batch_size: int = DEFAULT_BATCH, batch_multiple: int = 1):
     """Every classifier x every attack setting. `classifiers[(model, task)]`, `points[task] = (x, y)`,
     `settings = [{"attack": "pgd", "norm": "linf", "eps_list": [...]}, ...]` (FGSM always runs 1 step, 1 restart;
     an ensemble setting may carry "options": {"n_targets": 9, "n_queries": 5000}; a setting with "n" attacks only
     the first n points of each task).
 
-    `batch_size`: points per attack batch (the unit of random starts and of torchrun sharding).
+    `batch_size`: points per attack batch at most (the unit of random starts and of torchrun sharding);
+    `batch_multiple`: cut the points into a multiple of this many near-equal batches (`attack_batches`).
     Returns (tidy DataFrame, masks) with `masks[(model, task, attack, norm)]` a 0/1 tensor [len(eps), n].
     """
     jobs, entries = [], []
@@ -182,7 +216,8 @@ def run_attack_grid(classifiers: dict[tuple[str, str], nn.Module], points: dict[
             n = s.get("n") or len(y)  # a costly setting (the full ensemble on a CPU) may cover a prefix only
             job = dict(clf=classifiers[(model, task)], x=x[:n], y=y[:n], model=model, task=task, attack=s["attack"],
                        norm=s["norm"], eps_list=s["eps_list"], steps=1 if one_step else steps,
-                       restarts=1 if one_step else restarts, regime=regime, seed=seed, batch_size=batch_size)
+                       restarts=1 if one_step else restarts, regime=regime, seed=seed, batch_size=batch_size,
+                       batch_multiple=batch_multiple)
             if s["attack"] in attacks.ENSEMBLES:
                 job["ensemble_options"] = dict(s.get("options", {}))
             folder, name, key = sweep_cache(**job, cache_dir=cache_dir) if cache_dir is not None else (None,) * 3
@@ -383,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     classifiers, points, settings = attack_inputs(params, cache_dir)
     table, _ = run_attack_grid(classifiers, points, settings, steps=params["steps"], restarts=params["restarts"],
                                seed=params["seed"], cache_dir=cache_dir, device=device, progress=rank == 0,
-                               batch_size=params["attack_batch"])
+                               batch_size=params["attack_batch"], batch_multiple=params["attack_batch_multiple"])
     if rank == 0:
         print(f"{len(table)} rows over {len(classifiers)} classifiers on {size} rank(s); cached under "
               f"{cache_dir}/attacks/")

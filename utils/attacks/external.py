@@ -26,6 +26,11 @@ class OracleForward(nn.Module):
         super().__init__()
         self.oracle = target.grad_model
         self.device, self.amp = target.device, target.amp
+        # in eval mode like the oracle: torchattacks puts a wrapper it found in training mode (a new module's
+        # default) back into training mode after attacking, oracle included, so that a BatchNorm left unfolded
+        # (BYOL's SAME-padded layers; fold_bn=False) then normalized with batch statistics and rewrote its running
+        # statistics in every later forward
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
