@@ -394,7 +394,10 @@ def main(argv=None) -> int:
     ta, ta_time = masks.pop("torchattacks"), seconds.pop("torchattacks")
     print(f"(sides interleaved chunk by chunk, {args.batch_size} points per chunk, so that all see the same load)")
     results = []
-    tolerance, goal = (0.005, 5.0) if args.attack == "autoattack" else (0.01, 3.0)
+    # the pass marks of issues 15 and 18: at most +0.5 points weaker at every eps; the AutoAttack ensemble >= 5x,
+    # PGD >= 5x on a CPU and >= 10x on a GPU
+    tolerance = 0.005
+    goal = 10.0 if args.attack == "pgd" and device.startswith("cuda") else 5.0
     for name in masks:
         ok = report(f"torchattacks (float32) vs robust_accuracy ({name})", eps_grid, ta, ta_time, masks[name],
                     seconds[name], flags[name], tolerance)

@@ -202,6 +202,14 @@ def run(t: Tables, notebooks: tuple[str, ...], names: tuple[str, ...]) -> dict:
     return out
 
 
+def chain_minutes(t: Tables) -> str | None:
+    """The whole chain's wall time in minutes: the sum of the runner's times of notebooks 01-05 (None when one of
+    them has no finished run)."""
+    times = t.table(CHAIN_TIMES).assign(notebook=lambda d: d["notebook"].astype(str).str.zfill(2))
+    rows = times[times.notebook.isin(["01", "02", "03", "04", "05"])]
+    return None if len(rows) < 5 else f"{rows['seconds'].astype(float).sum() / 60:.1f}"
+
+
 def param(t: Tables, table: str, key: str, fmt: Callable = str) -> str:
     """A knob of the notebook that wrote `table`, from the table's provenance."""
     return fmt(t.params(table)[key])
@@ -461,6 +469,8 @@ _RUN04 = dict(notebooks=("04", "05"), names=(_P04, "04_factors.csv", _P05))
 QUOTES: dict[str, Callable[[Tables], str]] = {
     "01-03.run": _quote(run, "sentence", **_RUN01), "04-05.run": _quote(run, "sentence", **_RUN04),
     **{f"{nb}.minutes": _quote(run, f"{nb}.minutes", **_RUN01) for nb in ("01", "02", "03")},
+    **{f"{nb}.minutes": _quote(run, f"{nb}.minutes", **_RUN04) for nb in ("04", "05")},
+    "chain.minutes": _quote(chain_minutes),
     "01.cache": _quote(run, "cache", **_RUN01),
     "01.arch": _quote(param, table=_P01, key="arch"),
     "01.n_pretrain": _quote(param, table=_P01, key="n_pretrain", fmt="{:,}".format),
