@@ -358,3 +358,30 @@ def test_official_classifier_keeps_the_supervised_fc_and_only_that(tmp_path, ref
 def test_imagenet_fc_labels_map_wordnet_folders_to_the_1000_outputs():
     assert C.imagenet_fc_labels(["n01440764", "n01443537", "n15075141"]) == [0, 1, 999]  # tench, goldfish, toilet tissue
     assert C.imagenet_fc_labels(["n01443537", "cat"]) is None  # a folder not named by its WordNet id
+
+
+def test_own_classifier_rows_score_wordnet_folders_and_flag_the_others():
+    """probe.with_own_classifiers: the fc's 1000 outputs are read through the folders' WordNet ids (a model that
+    always answers 'goldfish' (output 1) is right exactly on the goldfish images, label 0 here); folders not named by WordNet ids
+    give a NaN accuracy with the flag fc_unscored, never a number scored against the wrong labels."""
+    import pandas as pd
+
+    from utils import probe
+
+    class Goldfish(nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 1000)
+            out[:, 1] = 1.0
+            return out
+
+    y = torch.tensor([0, 1, 1, 0, 1])
+    task = {"task": "imagenet", "x_test": torch.rand(5, 3, 8, 8), "y_test": y,
+            "classes": ["n01443537", "n15075141"]}  # label 0 goldfish (output 1), label 1 toilet tissue (999)
+    base = pd.DataFrame([{"model": "supervised", "regime": "linear", "task": "imagenet", "accuracy": 0.5, "n": 5}])
+    out = probe.with_own_classifiers(base, {"supervised": Goldfish()}, task)
+    row = out[out.regime == probe.OWN_FC_REGIME].iloc[0]
+    assert row.accuracy == pytest.approx(0.4) and row["flags"] == "" and row["n"] == 5  # 0.6 if read unmapped
+    out = probe.with_own_classifiers(base, {"supervised": Goldfish()}, {**task, "classes": ["fish", "goldfish"]})
+    row = out[out.regime == probe.OWN_FC_REGIME].iloc[0]
+    assert pd.isna(row.accuracy) and row["flags"] == probe.FC_UNSCORED
+    assert probe.with_own_classifiers(base, {}, task) is base

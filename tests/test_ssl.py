@@ -404,25 +404,34 @@ def test_cache_key_is_unchanged():
 # ------------------------------------------------------------------------------------------------ notebook 01's encoders
 
 def test_pretrained_encoders_trains_with_the_01_parameters_or_reads_official_files(monkeypatch, tmp_path):
-    calls = []
+    calls, trained = [], set()
 
-    def fake_pretrain(method, **kw):
-        calls.append((method, kw))
-        return nn.Identity(), {"method": method}
+    def fake_pretrain(method, cached_only=False, **kw):
+        calls.append((method, {**kw, "cached_only": cached_only}))
+        if method == "dino" and method not in trained:  # dino is not in the cache: trained by a job, then read
+            if cached_only:
+                return None
+            trained.add(method)
+        return nn.Identity(), {"method": method, "from_cache": method != "dino", "wall_time_s": 1.0,
+                               "loss_history": [0.5]}
 
     monkeypatch.setattr(encoders, "pretrain_or_load", fake_pretrain)
     p01 = {**notebook_parameters("smoke", "01"), "epochs": 3, "lr": 0.5}  # a knob changed in notebook 01
     out = encoders.pretrained_encoders("smoke", ["simclr", "dino"], params01=p01, cache_dir=tmp_path)
-    assert list(out) == ["simclr", "dino"] and out["dino"][1] == {"method": "dino"}
-    assert calls[0] == ("simclr", dict(arch=p01["arch"], n_pretrain=p01["n_pretrain"], epochs=3,
-                                       batch_size=p01["batch_size"], lr=0.5, augmentations=p01["augmentations"],
-                                       seed=p01["seed"], task=p01["task"], sources=sources(p01),
-                                       cache_dir=tmp_path, profile="smoke", progress=False))
+    assert list(out) == ["simclr", "dino"] and out["dino"][1]["method"] == "dino"
+    assert out["dino"][1]["from_cache"] is False and out["simclr"][1]["from_cache"] is True
+    recipe = dict(arch=p01["arch"], n_pretrain=p01["n_pretrain"], epochs=3, batch_size=p01["batch_size"], lr=0.5,
+                  augmentations=p01["augmentations"], seed=p01["seed"], task=p01["task"], sources=sources(p01))
+    assert calls[0] == ("simclr", dict(recipe, cache_dir=tmp_path, profile="smoke", cached_only=True))
+    # dino: looked up, trained by a job (the recipe, no progress bar of its own), then read from the cache
+    assert [(m, c["cached_only"]) for m, c in calls[1:]] == [("dino", True), ("dino", False), ("dino", True)]
+    assert calls[2][1] == dict(recipe, cache_dir=str(tmp_path), profile="smoke", progress=False, cached_only=False)
     calls.clear()  # defaults: the profile's own 01 parameters and cache
     encoders.pretrained_encoders("smoke", ["byol"], progress=True)
-    assert calls[0][1]["epochs"] == notebook_parameters("smoke", "01")["epochs"] and calls[0][1]["progress"]
+    assert calls[0][1]["epochs"] == notebook_parameters("smoke", "01")["epochs"]
     assert calls[0][1]["cache_dir"] == output_dirs("smoke")["cache_dir"]
     calls.clear()  # nothing trained here (epochs == 0 or n_pretrain == 0): the official files, under checkpoint_root
+    p01["seeds"] = 1  # one official file per method (more seeds: an error, tests/test_profiles.py)
     for nothing in ({"epochs": 0}, {"n_pretrain": 0}):
         with pytest.raises(CheckpointNotFoundError, match="checkpoint_root='[^']*official'"):
             encoders.pretrained_encoders("smoke", ["dino"], params01={**p01, **nothing},

@@ -339,8 +339,8 @@ KEY_DOCS: dict[str, str] = {
     "n_ensemble": "points of each task the full AutoAttack ensemble attacks (count; the first ones)",
     "attack_batch": "points per attack batch at most: each draws its own random starts, and torchrun ranks share "
                     "batches",
-    "attack_batch_multiple": "cut the attacked points into a multiple of this many near-equal batches, so torchrun "
-                             "on any divisor of it gives every rank the same load (1: batches of attack_batch)",
+    "attack_batch_multiple": "attack batches come as a multiple of this many near-equal ones (torchrun on a "
+                             "divisor: equal loads)",
     "convergence_n": "points of each task the convergence check attacks (count)",
     "convergence_schedule": "[steps, restarts] budgets of the convergence check, increasing",
     "n_show": "adversarial examples drawn per model",
