@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 from torch import nn
 
 from utils.checkpoints import REGISTRY, checkpoint_path, load_backbone, load_official_classifier
@@ -91,8 +92,8 @@ def pretrained_encoders(profile: str, methods: Sequence[str], *, params01: dict 
     """
     p = dict(params01) if params01 is not None else notebook_parameters(profile, "01")
     cache_dir = cache_dir if cache_dir is not None else output_dirs(profile)["cache_dir"]
+    reps = seed_replicates(p)  # a request it cannot honour fails here, before any training
     replicates = record if replicates is None else replicates
-    seed_replicates(p)  # a request it cannot honour fails here, before any training
     if uses_official_checkpoints(p):
         root = checkpoint_root if checkpoint_root is not None else p["checkpoint_root"]
         verify = bool(p.get("verify_sha256", True))
@@ -105,15 +106,13 @@ def pretrained_encoders(profile: str, methods: Sequence[str], *, params01: dict 
             out[m] = (load_backbone(m, path, sha256=None if verify else False),
                       {"method": m, "path": str(path), "from_cache": True, "sha256_verified": verify})
     else:
-        reps = seed_replicates(p) if replicates else {}
-        out = _trained(p, {**{m: (m, int(p["seed"])) for m in methods}, **reps}, cache_dir=cache_dir,
-                       profile=profile, progress=progress)
+        out = _trained(p, {**{m: (m, int(p["seed"])) for m in methods}, **(reps if replicates else {})},
+                       cache_dir=cache_dir, profile=profile, progress=progress)
     if record:
         official = uses_official_checkpoints(p)
         entries = {m: {"kind": "official" if official else "trained", "path": info["path"],
                        "sha256": file_sha256(info["path"]), "arch": getattr(enc, "arch", "resnet50")}
                    for m, (enc, info) in out.items()}
-        reps = seed_replicates(p)
         atomic_write_json(manifest_path(profile, cache_dir),
                           {"profile": profile, "params01": p,
                            "encoders": {m: e for m, e in entries.items() if m not in reps},
@@ -121,6 +120,17 @@ def pretrained_encoders(profile: str, methods: Sequence[str], *, params01: dict 
                                           if m in entries},
                            "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return {m: out[m] for m in methods}
+
+
+def training_summary(encoder_set: dict[str, tuple[nn.Module, dict]]) -> pd.DataFrame:
+    """One row per encoder of `encoder_set` ({name: (encoder, info)}, as `pretrained_encoders` and `load_replicates`
+    return them): method (the name), arch, epochs trained, wall_s, from_cache, final_loss (NaN for official files)."""
+    return pd.DataFrame([{"method": m, "arch": getattr(e, "arch", "resnet50"),
+                          "epochs": len(i.get("loss_history", [])), "wall_s": round(i.get("wall_time_s", 0.0), 1),
+                          "from_cache": i.get("from_cache"),
+                          "final_loss": (i.get("loss_history") or [float("nan")])[-1]}
+                         for m, (e, i) in encoder_set.items()],
+                        columns=["method", "arch", "epochs", "wall_s", "from_cache", "final_loss"])
 
 
 def _recipe(method: str, seed: int, p: dict) -> dict:

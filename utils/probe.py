@@ -244,6 +244,19 @@ def run_linear_eval(encoders: dict, tasks: list[dict], *, cache_dir: str | os.Pa
     return pd.DataFrame(rows)
 
 
+def quick_probe(encoders: dict[str, nn.Module], task: dict, *, seed: int = 0,
+                device: str = "cpu") -> dict[str, float]:
+    """{name: clean test accuracy} of a linear probe (`linear_probe`, `seed`) fitted on each encoder's features of
+    the train images of `task` (a `utils.data.classification_task` dict), scored on its test images: notebook 01's
+    quick check, before notebook 02's cached linear evaluation."""
+    out = {}
+    for name, enc in encoders.items():
+        clf = linear_probe(enc.to(device), task["x_train"], task["y_train"], task["n_classes"], seed=seed,
+                           device=device)
+        out[name] = accuracy(clf, task["x_test"], task["y_test"], device=device)
+    return out
+
+
 # Flag of an own-classifier row that could not be scored: the task's class folders are no ILSVRC-2012 WordNet ids.
 FC_UNSCORED = "fc_unscored"
 

@@ -72,8 +72,8 @@ def hierarchical_gap_ci(masks_by_seed: dict, ssl: str | None = None, *, supervis
     (points as observed: `var_seed` = population variance of the S per-seed gaps / S) and when only points are
     resampled (all seeds kept: `var_point` = population variance of the n per-point gaps, averaged over seeds, / n),
     and `seed_share` = var_seed / (var_seed + var_point); the point-only interval `lo_points`, `hi_points` (what
-    ignoring the seeds would claim); `seed_sd`, the standard deviation of the per-seed gaps (ddof 1; 0 with one
-    seed). Gaps are fractions (x100 for points).
+    ignoring the seeds would claim); `seed_gaps`, the gap of each seed on the observed points (seed order) and
+    `seed_sd`, their standard deviation (ddof 1; 0 with one seed). Gaps are fractions (x100 for points).
     """
     seeds = list(masks_by_seed)
     if not seeds:
@@ -109,7 +109,7 @@ def hierarchical_gap_ci(masks_by_seed: dict, ssl: str | None = None, *, supervis
     total = var_seed + var_point
     return {"gap": by_seed.mean().item(), "lo": lo, "hi": hi, "n_seeds": n_seeds, "n": n, "var_seed": var_seed,
             "var_point": var_point, "seed_share": var_seed / total if total > 0 else 0.0, "lo_points": lo_p,
-            "hi_points": hi_p, "seed_sd": by_seed.std().item() if n_seeds > 1 else 0.0}
+            "hi_points": hi_p, "seed_gaps": by_seed.tolist(), "seed_sd": by_seed.std().item() if n_seeds > 1 else 0.0}
 
 def seed_gap_table(masks: dict, runs: dict[str, tuple[str, int]], eps_list: list[float], *, base_seed: int,
                    attack: str = "pgd", norm: str = "linf", supervised: str = SUPERVISED, n_boot: int = 1000,
@@ -142,9 +142,8 @@ def seed_gap_table(masks: dict, runs: dict[str, tuple[str, int]], eps_list: list
                 res = hierarchical_gap_ci({s: {method: masks[a][j], supervised: masks[b][j]}
                                            for s, (a, b) in keys.items()}, method, supervised=supervised,
                                           n_boot=n_boot, seed=seed)
-                per_seed = [float(masks[a][j].float().mean() - masks[b][j].float().mean()) for a, b in keys.values()]
                 rows.append({"model": method, "task": task, "attack": attack, "norm": norm, "eps": eps, **res,
-                             "seed_gaps": ";".join(f"{g:.6f}" for g in per_seed),
+                             "seed_gaps": ";".join(f"{g:.6f}" for g in res["seed_gaps"]),
                              "seeds": ";".join(str(s) for s in seeds)})
     return pd.DataFrame(rows)
 
@@ -175,7 +174,7 @@ def seed_verdict(seed_gaps: pd.DataFrame, gaps: pd.DataFrame, *, norm: str = "li
     points each contribute, the seeded methods' cells above / below zero with both levels resampled and with points
     only, and the headline's counts once its intervals are widened by the measured seed spread (`seed_widened`)."""
     sg = seed_gaps[(seed_gaps.norm == norm) & (seed_gaps.eps > 0)] if len(seed_gaps) else seed_gaps
-    if sg is None or sg.empty:
+    if sg.empty:
         return ("Training seeds: every encoder was trained (or loaded) once, so the intervals above resample test "
                 "points only and say nothing about how much the gap would move with another training seed.")
     n_seeds = int(sg.n_seeds.max())
@@ -213,11 +212,10 @@ def seed_verdict(seed_gaps: pd.DataFrame, gaps: pd.DataFrame, *, norm: str = "li
 SEED_COVERAGE = {2: 64, 3: 77, 5: 84, 10: 93}
 
 
-def seed_spread(table: pd.DataFrame, *, value: str, by: str = "method", group: Sequence[str] = ()) -> pd.DataFrame:
-    """Seed-to-seed spread of `value` per `by` (and `group` columns) over the rows' `seed` column: n_seeds, mean,
-    sd (ddof 1), min, max, range. Only groups with two seeds or more."""
-    keys = [*group, by]
-    g = table.groupby(keys, sort=False)[value]
+def seed_spread(table: pd.DataFrame, *, value: str, by: str = "method") -> pd.DataFrame:
+    """Seed-to-seed spread of `value` per `by` over the rows' `seed` column: n_seeds, mean, sd (ddof 1), min, max,
+    range. Only groups with two seeds or more."""
+    g = table.groupby(by, sort=False)[value]
     out = pd.DataFrame({"n_seeds": g.count(), "mean": g.mean(), "sd": g.std(), "min": g.min(), "max": g.max()})
     out["range"] = out["max"] - out["min"]
     return out[out.n_seeds >= 2].reset_index()
@@ -241,30 +239,28 @@ def seed_rows(table: pd.DataFrame, runs: dict[str, tuple[str, int]], *, base_see
 def seed_spread_sentence(table: pd.DataFrame, *, value: str, what: str, group: Sequence[str] = ()) -> str:
     """One line per `group` value: the seed-to-seed spread of `value` per method (`seed_spread`), beside the spread
     between the methods' first seeds (the differences a one-seed comparison reads as method effects)."""
-    spread = seed_spread(table, value=value, group=group) if len(table) else pd.DataFrame()
-    if spread.empty:
-        return f"Every encoder was trained (or loaded) once (`seeds` = 1): no seed-to-seed spread of the {what}."
     lines = []
-    for key, sp in (spread.groupby(list(group), sort=False) if group else [((), spread)]):
+    groups = table.groupby(list(group), sort=False) if group and len(table) else [((), table)]
+    for key, sub in groups:
+        sp = seed_spread(sub, value=value) if len(sub) else pd.DataFrame()
+        if sp.empty:
+            continue
         label = f"{key[0] if isinstance(key, tuple) else key}: " if group else ""
         parts = ", ".join(f"{r.method} {r.mean:.3f} ± {r.sd:.3f} (range {100 * r.range:.1f} points)"
                           for r in sp.itertuples())
-        first = table[table.seed == table.seed.min()]
-        if group:
-            first = first[(first[list(group)] == pd.Series(key if isinstance(key, tuple) else (key,),
-                                                          index=list(group))).all(axis=1)]
+        first = sub[sub.seed == table.seed.min()]
         lines.append(f"{label}{what} over {int(sp.n_seeds.max())} training seeds (mean ± sd): {parts}; the "
                      f"largest seed-to-seed range is {100 * sp.range.max():.1f} points, the spread between these "
                      f"methods at one seed {100 * (first[value].max() - first[value].min()):.1f} points.")
-    return "\n".join(lines)
+    return "\n".join(lines) or f"Every encoder was trained (or loaded) once (`seeds` = 1): no seed-to-seed spread " \
+                                f"of the {what}."
 
 
-def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: str = SUPERVISED,
-                        n_seeds: int = 1) -> str:
+def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: str = SUPERVISED) -> str:
     """Does "SSL encoders are more robust under linear evaluation" hold? One sentence per task, from a `gap_table`
     (eps > 0 of `norm`): a method counts as more (less) robust at an eps when its whole interval lies above (below)
-    zero; the finding holds when such cells above outnumber those below and the mean gap is positive. `n_seeds`:
-    training seeds per encoder behind the table (the intervals resample test points only; `seed_verdict` adds the
+    zero; the finding holds when such cells above outnumber those below and the mean gap is positive. The table
+    holds one training seed per encoder and its intervals resample test points only (`seed_verdict` adds the
     seeds)."""
     lines = []
     g = gaps[(gaps.norm == norm) & (gaps.eps > 0)]
@@ -273,10 +269,9 @@ def linear_eval_verdict(gaps: pd.DataFrame, *, norm: str = "linf", supervised: s
         mean_gap = 100 * sub.gap.mean()
         verdict = ("holds" if above > below and mean_gap > 0 else
                    "does NOT hold" if below >= above else "is mixed")
-        seeds = "one training seed per encoder" if n_seeds == 1 else f"{n_seeds} training seeds per encoder"
         lines.append(f"{task} ({attack}): mean SSL-minus-{supervised} gap {mean_gap:+.1f} points over "
                      f"{sub.eps.nunique()} eps x "
-                     f"{sub.model.nunique()} methods ({seeds}, n={int(sub.n.iloc[0])} test points resampled); "
+                     f"{sub.model.nunique()} methods (one training seed per encoder, n={int(sub.n.iloc[0])} test points resampled); "
                      f"significantly above zero in {above}/{total} cells, below in "
                      f"{below}/{total}. The finding {verdict} in this setting.")
     return "\n".join(lines)
