@@ -153,7 +153,7 @@ def _whitebox(df):
 def test_03_has_a_row_for_every_model_task_attack_eps(chain):
     profile, _ = chain
     p, common = notebook_parameters(profile, "03"), notebook_parameters(profile, "01")
-    tasks = [p["task"], p["transfer_task"]]
+    tasks = [p["task"], *p["transfer_tasks"]]
     settings = [(a, "linf", e) for a in p["linf_attacks"] for e in p["eps_linf"]] + \
                [(a, "l2", e) for a in p["l2_attacks"] for e in p["eps_l2"]]
     expected = {(m, t, a, n, round(e, 8)) for m in common["methods"] for t in tasks for a, n, e in settings}
@@ -207,7 +207,7 @@ def test_seed_replicates_run_through_01_02_03_and_the_seed_gaps_agree_with_the_h
     for r in s01[s01.seed == p01["seed"]].itertuples():
         assert r.probe_accuracy == main01.loc[r.method, "probe_accuracy"]
     s02 = _table("02_seeds.csv", profile)
-    tasks = [p03["task"], p03["transfer_task"]]
+    tasks = [p03["task"], *p03["transfer_tasks"]]
     assert sorted(zip(s02.method, s02.seed, s02.task)) == sorted((m, s, t) for m in chosen for s in seeds
                                                                   for t in tasks)
     main02 = _table("02_linear_eval.csv", profile).set_index(["model", "task"])
@@ -255,7 +255,7 @@ def test_04_covers_every_factor_level_and_all_regimes_for_every_encoder(chain):
     profile, _ = chain
     p, common = notebook_parameters(profile, "04"), notebook_parameters(profile, "01")
     regimes = _table("04_regimes.csv", profile)
-    tasks = [p["task"], p["transfer_task"]]
+    tasks = [p["task"], *p["transfer_tasks"]]
     for r in ("linear", "finetuned", "adv-finetuned"):
         for t in tasks:
             sub = regimes[(regimes.regime == r) & (regimes.task == t)]
@@ -329,7 +329,7 @@ def _link_or_copy(src, dst):
 def test_torchrun_on_paper_mini_gives_the_single_process_verdicts(paper_mini_chain, tmp_path):
     """The paper profile's torchrun entry, 2 gloo processes on the CPU, over notebook 02's classifiers (official
     ResNet-50 layouts): every sweep it writes holds exactly the per-point results notebook 03 computed in one process
-    (PGD L-inf over 03's eps grid, each of the 16 classifiers)."""
+    (PGD L-inf over 03's eps grid, each classifier: methods x tasks)."""
     cache = tmp_path / "cache" / "paper-mini"
     # hard links where the file system allows (the classifiers are ResNet-50s, gigabytes in all), else copies
     shutil.copytree(ROOT / "cache" / "paper-mini" / "classifiers", cache / "classifiers", copy_function=_link_or_copy)
@@ -341,7 +341,7 @@ def test_torchrun_on_paper_mini_gives_the_single_process_verdicts(paper_mini_cha
     assert r.returncode == 0, r.stderr[-3000:]
     sweeps = sorted((cache / "attacks").glob("*.json"))
     p = notebook_parameters("paper-mini", "03")
-    assert len(sweeps) == len(p["methods"]) * 2
+    assert len(sweeps) == len(p["methods"]) * (1 + len(p["transfer_tasks"]))
     for sweep in sweeps:
         ours, ref = json.loads(sweep.read_text()), json.loads((ROOT / "cache" / "paper-mini" / "attacks" /
                                                                sweep.name).read_text())

@@ -243,12 +243,14 @@ def test_voc_scenes_read_a_local_voc_tree(tmp_path):
     for d in ("Main", "Segmentation"):
         (base / "ImageSets" / d / "train.txt").write_text("a\n")
     det_sc, seg_sc = scenes.load_dense_data("voc", "train", n_scenes=0, canvas=80, voc_root=str(tmp_path))
-    assert det_sc.images.shape == (1, 3, 80, 80) and det_sc.images.dtype == torch.uint8
+    assert det_sc.images.shape == (1, 3, 80, 80) and det_sc.masks is None
+    red = det_sc.image_batch([0])[0]  # decoded from the file when used (JPEG: close to the colour it was saved in)
+    assert red.shape == (3, 80, 80) and abs(float(red[0].mean()) - 200 / 255) < 0.03 and float(red[1].mean()) < 0.1
     # 1-based inclusive (11..30, 6..15) -> edges (10, 5, 30, 15), scaled by 80/40 and 80/20; the difficult dog dropped
     assert det_sc.boxes[0].tolist() == [[20.0, 20.0, 60.0, 60.0]]
     assert det_sc.labels[0].tolist() == [scenes.VOC_CLASSES.index("person")]
-    assert seg_sc.ignore_index == 255 and seg_sc.masks.shape == (1, 80, 80)
-    assert (seg_sc.masks[0] == 15).sum().item() == 40 * 40
+    assert seg_sc.ignore_index == 255 and seg_sc.masks.shape == (1, 80, 80) and seg_sc.masks.dtype == torch.uint8
+    assert (seg_sc.mask_batch([0])[0] == 15).sum().item() == 40 * 40
     with pytest.raises(DataMissingError, match="voc_root"):
         scenes.load_dense_data("voc", "train", n_scenes=0, canvas=80, voc_root=str(tmp_path / "nowhere"))
 

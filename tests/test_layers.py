@@ -16,7 +16,7 @@ ORDER = [
     # base: import nothing from utils above this group
     "config", "store", "runtime", "parallel", "attacks",
     # data and models
-    "data", "augment", "models", "scenes", "checkpoints",
+    "imageset", "data", "augment", "models", "scenes", "checkpoints",
     # methods
     "ssl", "pretrain", "encoders", "probe", "dense",
     # studies and the runner

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets, transforms
 
@@ -29,6 +30,7 @@ from utils.checkpoints import PUBLISHED_TASK, REGISTRY, load_backbone
 from utils.config import METHODS, OWN_FC_REGIME, notebook_parameters
 from utils.data import classification_task, read_cifar
 from utils.scenes import VOC_CLASSES, voc_scenes
+from utils.imageset import ImageSet
 
 VOC = Path("VOCdevkit") / "VOC2012"
 
@@ -264,6 +266,16 @@ def test_voc_reads_through_voc_scenes(mini):
         n_seg = len((voc / "ImageSets" / "Segmentation" / f"{image_set}.txt").read_text().split())
         assert len(segmentation) == n_seg and segmentation.masks.shape == (n_seg, 64, 64)
         assert segmentation.ignore_index == 255 and (segmentation.masks == 255).any()
+        assert segmentation.mask_batch([0]).dtype == torch.int64
+        # the images stay files, decoded when used, to exactly what an eager resize of the file gives
+        assert isinstance(det.images, ImageSet) and det.images.shape == (len(ids), 3, 64, 64)
+        for scenes in (det, segmentation):
+            j = len(scenes) - 1
+            path = scenes.images.source.paths[int(scenes.images.indices[j])]
+            eager = F.interpolate(torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None]
+                                  .float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+            assert torch.equal(scenes.image_batch([j])[0], eager[0].round().clamp(0, 255) / 255)
+            assert torch.equal(torch.cat(list(scenes.image_batches(3))), scenes.image_batch(slice(None)))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

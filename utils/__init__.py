@@ -9,6 +9,7 @@ base (imports nothing above the base)
     parallel     worker processes for independent jobs, cached jobs, torch.distributed set-up
     attacks/     the attack kernel: FGSM, PGD (one loop, with a loss hook), APGD, robust_accuracy, sanity flags
 data and models
+    imageset     images decoded on demand (ImageNet, CIFAR at any size): len, shape, [idx], batches by workers
     data         Fashion-MNIST, digits, ImageNet/transfer roots; tensors in [0, 1]
     augment      grayscale-friendly augmentation families
     models       small ResNets, Normalize inside the model, Encoder, Classifier, classifier files

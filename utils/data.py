@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from utils.config import repo_path
+from utils.imageset import FolderFiles, ImageSet, ResizedArrays, materialize
 from utils.store import quarantine, text_digest
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -206,7 +205,7 @@ def load_digits_28(split: str = "train", n: int | None = None, seed: int = 0,
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Classification tasks by name. Which one a notebook runs is a parameter (`task`, `transfer_task`); the files are
+# Classification tasks by name. Which one a notebook runs is a parameter (`task`, `transfer_tasks`); the files are
 # found through the path parameters (`data_root`, `imagenet_root`, `transfer_root`), so no notebook names a dataset.
 # --------------------------------------------------------------------------------------------------------------------
 DIGITS_CLASSES = [str(d) for d in range(10)]
@@ -353,16 +352,6 @@ def _image_folder(root: Path, split: str, size: int):
     return datasets.ImageFolder(str(folder), transform=tf)
 
 
-def _decode(dataset, idx: torch.Tensor, *, workers: int | None = None, progress: bool = False) -> torch.Tensor:
-    """The images `idx` of a Dataset of uint8 tensors, decoded by DataLoader workers into one uint8 tensor."""
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=64, num_workers=workers if len(idx) > 256 else 0)
-    parts = []
-    for x, _ in tqdm(loader, desc="decoding images", disable=not progress, mininterval=5, leave=False):
-        parts.append(x)
-    return torch.cat(parts)
-
-
 def class_names(task: str, **roots) -> list[str]:
     """The class names of `task`, in label order (ImageNet: the class folder names)."""
     if task == "fashion_mnist":
@@ -382,11 +371,13 @@ def class_names(task: str, **roots) -> list[str]:
 
 def load_classification(task: str, split: str, *, data_root: str = "data", imagenet_root: str | None = None,
                         transfer_root: str | None = None, image_size: int | None = None, n: int | None = None,
-                        seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        seed: int = 0) -> tuple[torch.Tensor | ImageSet, torch.Tensor]:
     """One split ("train" or "test"; ImageNet's "test" is its val folder) of a classification task by name, as
-    (x float32 [N, C, H, W] in [0, 1], y int64 [N]); `n` points chosen by `seed` (`subset_indices`: a larger `n`
-    holds a smaller one). `image_size`: ImageNet is resized and centre-cropped to it (224 in `paper`), CIFAR resized
-    to it; None keeps the native size (Fashion-MNIST and digits always keep 28x28)."""
+    (x, y int64 [N]); `n` points chosen by `seed` (`subset_indices`: a larger `n` holds a smaller one).
+    x: Fashion-MNIST and digits (28x28, small) as a float32 tensor [N, C, H, W] in [0, 1]; ImageNet and CIFAR as an
+    `ImageSet` (utils.imageset) that decodes on demand, so that no size of the set fills the host's memory (walk it
+    with `image_batches`, or `materialize` a set that fits). `image_size`: ImageNet is resized and centre-cropped
+    to it (224 in `paper`), CIFAR resized to it; None keeps the native size."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     info = task_info(task)
@@ -401,29 +392,35 @@ def load_classification(task: str, split: str, *, data_root: str = "data", image
             raise DataCorruptError(f"{_root(task, roots)}: val/ and train/ hold different class folders, so labels "
                                    f"would not match; give both the same class folders")
         idx = subset_indices(len(ds), n, seed)
-        x = _decode(ds, idx, progress=progress)
+        source, shape = FolderFiles(ds), (info.channels, int(image_size or 224), int(image_size or 224))
         y = torch.tensor([ds.targets[int(i)] for i in idx], dtype=torch.int64)
     else:
         x, y = read_cifar(task, split, transfer_root)
         idx = subset_indices(len(y), n, seed)
-        x, y = x[idx], y[idx]
-        if image_size and int(image_size) != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x.float(), size=(int(image_size),) * 2, mode="bilinear",
-                                                antialias=True, align_corners=False).round_().clamp_(0, 255)
-    assert x.shape[1] == info.channels
-    return x.float().div_(255.0), y
+        source = ResizedArrays(x, y, image_size)
+        side = source.size or x.shape[-1]
+        shape, y = (info.channels, side, side), y[idx]
+    return ImageSet(source, idx, shape, name=f"{task} {split}"), y
+
+
+def load_points(task: str, split: str, *, n: int | None = None, seed: int = 0, **roots) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """`load_classification` as float32 tensors (an ImageSet decoded): for sets that are attacked, shown or
+    otherwise used as a whole, whose size is a parameter (n_attack, n_teach), not the dataset's."""
+    x, y = load_classification(task, split, n=n, seed=seed, **roots)
+    return materialize(x), y
 
 
 def classification_task(task: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-                        progress: bool = False, **roots) -> dict:
+                        **roots) -> dict:
     """Train and test tensors of a classification task: {"x_train","y_train","x_test","y_test","n_classes","task",
     "classes"}; `roots`: the path parameters and `image_size` (`sources(params)`).
 
     The test subset is the first `n_test` points of a seeded permutation, so a notebook that attacks fewer points
     attacks a prefix-compatible subset of the points the probe was scored on.
     """
-    x_tr, y_tr = load_classification(task, "train", n=n_train, seed=seed, progress=progress, **roots)
-    x_te, y_te = load_classification(task, "test", n=n_test, seed=seed, progress=progress, **roots)
+    x_tr, y_tr = load_classification(task, "train", n=n_train, seed=seed, **roots)
+    x_te, y_te = load_classification(task, "test", n=n_test, seed=seed, **roots)
     classes = class_names(task, **roots)
     return {"task": task, "x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te,
             "n_classes": max(len(classes), int(max(y_tr.max(), y_te.max())) + 1), "classes": classes}

@@ -288,7 +288,7 @@ def train_segmenter(model: Segmenter, scenes: Scenes, *, epochs: int, batch_size
     def batch_loss(idx, f):
         with autocast(f.device, amp):
             logits = model.from_features(f, size)
-        return F.cross_entropy(logits.float(), scenes.masks[idx].to(device), ignore_index=ignore)
+        return F.cross_entropy(logits.float(), scenes.mask_batch(idx).to(device), ignore_index=ignore)
 
     return _train_head(model, model.head.parameters(), model.encoder, scenes, batch_loss, epochs=epochs,
                        batch_size=batch_size, lr=lr, seed=seed, device=device, features=features,
@@ -360,12 +360,12 @@ def evaluate_segmentation(model: Segmenter, scenes: Scenes, eps_list: Sequence[f
             miou, pacc = _seg_metrics(scenes.num_classes, scenes.ignore_index)
             flags = set()
             for b, idx in enumerate(batches(len(scenes), batch_size)):
-                x, m = scenes.image_batch(idx).to(device), scenes.masks[idx].to(device)
+                x, m = scenes.image_batch(idx).to(device), scenes.mask_batch(idx).to(device)
                 x_adv = attack_segmentation(model, x, m, eps, steps, attack=attack, ignore_index=scenes.ignore_index,
                                             amp=amp, seed=derive_seed(seed, b, SEED_STREAM_BATCH), flags=flags)
                 pred = predict_masks(model, x_adv)
-                miou.update(pred, scenes.masks[idx])
-                pacc.update(pred, scenes.masks[idx])
+                miou.update(pred, m.cpu())
+                pacc.update(pred, m.cpu())
             rows.append(_row("segmentation", attack, eps, steps, METRIC_MIOU, miou.compute(), len(scenes), flags))
             rows.append(_row("segmentation", attack, eps, steps, METRIC_PIXEL_ACC, pacc.compute(), len(scenes),
                              flags))
@@ -465,11 +465,11 @@ def example_predictions(detector, segmenter: Segmenter, det_scenes: Scenes, seg_
     x = det_scenes.image_batch(idx).to(device)
     targets = [{k: v.to(device) for k, v in t.items()} for t in det_scenes.targets(idx)]
     x_det = attack_detection(detector, x, targets, eps, steps, amp=amp, seed=seed)
-    xs, m = seg_scenes.image_batch([seg_index]).to(device), seg_scenes.masks[[seg_index]].to(device)
+    xs, m = seg_scenes.image_batch([seg_index]).to(device), seg_scenes.mask_batch([seg_index]).to(device)
     x_seg = attack_segmentation(segmenter, xs, m, eps, steps, attack="segpgd", ignore_index=seg_scenes.ignore_index,
                                 amp=amp, seed=seed)
     return {"eps": eps, "image": x[0].cpu(), "adv_det": x_det[0].cpu(), "adv_seg": x_seg[0].cpu(),
-            "gt": det_scenes.targets(idx)[0], "gt_mask": seg_scenes.masks[seg_index],
+            "gt": det_scenes.targets(idx)[0], "gt_mask": seg_scenes.mask_batch([seg_index])[0],
             "det_clean": predict_boxes(detector, x)[0], "det_adv": predict_boxes(detector, x_det)[0],
             "seg_image": xs[0].cpu(), "seg_clean": predict_masks(segmenter, xs)[0],
             "seg_adv": predict_masks(segmenter, x_seg)[0]}

@@ -530,7 +530,7 @@ def plot_scenes(scenes, n: int = 6, title: str | None = None):
                                                ec=colors[lab], lw=1.2))
                 axes[0, j].text(b[0] - 0.5, b[1] - 1, scenes.class_names[lab], color=colors[lab], fontsize=6)
         if scenes.masks is not None:
-            _show_mask(axes[1, j], scenes.masks[j], colors, 0.6)
+            _show_mask(axes[1, j], scenes.mask_batch([j])[0], colors, 0.6)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,6 +1,6 @@
 """Preflight: every input a profile needs, checked before any compute, with one error that lists all that is missing.
 
-What is checked follows the parameters, never the profile's name: the in-domain `task` and each `transfer_task`
+What is checked follows the parameters, never the profile's name: the in-domain `task` and each of `transfer_tasks`
 (`utils.data.task_problems`: Fashion-MNIST's raw files, an ImageNet-style folder, CIFAR's files), the dense-task data
 (`dataset`: Pascal VOC's folders under `voc_root`, or the Fashion-MNIST items of the generated scenes), and, when
 notebook 01 trains nothing, the eight official checkpoints under `checkpoint_root` (each with its file name, URL and
@@ -56,9 +56,9 @@ def problems(params_by_notebook: dict[str, dict]) -> list[str]:
         roots = sources(p)
         if nb == "01" and uses_official_checkpoints(p):
             found += checkpoint_problems(p["methods"], p.get("checkpoint_root"))
-        for key in ("task", "transfer_task"):
-            if key in p and nb != "05":
-                found += task_problems(p[key], **roots)
+        for t in ([p["task"]] if "task" in p else []) + list(p.get("transfer_tasks", [])):
+            if nb != "05":
+                found += task_problems(t, **roots)
         if p.get("dataset") == "voc":
             found += voc_problems(p.get("voc_root"))
         elif "dataset" in p:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from utils.augment import make_augment
 from utils.data import load_classification, task_info
+from utils.imageset import image_batches
 from utils.models import build_encoder
 from utils.runtime import SEED_STREAM_EPOCH, TrainingDivergedError, autocast, derive_seed, lr_factor, use_bf16
 from utils.ssl import get_method
@@ -266,12 +267,12 @@ def pretrain_or_load(method: str, *, arch: str, n_pretrain: int, epochs: int, ba
         perm = torch.randperm(n, generator=g)
         model.train()
         total, count = 0.0, 0
-        for b in range(steps_per_epoch):
+        images = image_batches(x, bs, order=perm[:steps_per_epoch * bs])  # an ImageSet: decoded ahead by workers
+        for b, xb in enumerate(images):
             step = (epoch - 1) * steps_per_epoch + b
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(step, total_steps, warmup=WARMUP, floor=LR_FLOOR)
             idx = perm[b * bs:(b + 1) * bs]
-            xb = x[idx]
             views = [augment(xb, g).contiguous(memory_format=fmt) for _ in range(spec.n_views)]
             with autocast("cpu", amp=bf16):
                 loss = model(views, y[idx])

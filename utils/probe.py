@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from utils import attacks
 from utils.checkpoints import imagenet_fc_labels
 from utils.config import FINETUNE_REGIMES, OWN_FC_REGIME
+from utils.imageset import ImageSet, image_batches
 from utils.models import Classifier, load_classifier, read_classifier, save_classifier
 from utils.parallel import job_threads, local_workers, map_jobs
 from utils.runtime import TrainingDivergedError, autocast, batches, warmup_cosine
@@ -38,9 +39,8 @@ from utils.store import (CorruptFileError, atomic_write_json, file_sha256, load_
 # ------------------------------------------------------------------------------------------------------ features
 
 def _image_batches(images, batch_size: int) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        for idx in batches(len(images), batch_size):
-            yield images[idx]
+    if isinstance(images, (torch.Tensor, ImageSet)):
+        yield from image_batches(images, batch_size)
         return
     for batch in images:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -49,7 +49,8 @@ def _image_batches(images, batch_size: int) -> Iterable[torch.Tensor]:
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images, *, batch_size: int = 512, device: str | torch.device = "cpu",
                      spatial: bool = False) -> torch.Tensor:
-    """The one feature extractor: float32 features on the CPU of images in [0, 1] — a tensor [N, C, H, W] or an
+    """The one feature extractor: float32 features on the CPU of images in [0, 1] — a tensor [N, C, H, W], an
+    `ImageSet` (decoded batch by batch by DataLoader workers: host memory holds the features, not the images) or an
     iterable of batches (tensors, or tuples whose first item is the images, e.g. a DataLoader of (x, y)).
 
     Pooled features [N, D] (`encoder(x)`), or with `spatial` the last feature map [N, D, h, w]
@@ -103,12 +104,15 @@ def fit_logistic_regression(f_train: torch.Tensor, y_train: torch.Tensor, n_clas
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x, y=None, batch_size: int = 512, device: str = "cpu") -> float:
-    """Top-1 accuracy in [0,1] of a classifier on images in [0,1] (float32 forward, eval mode); (x, y) tensors or an
-    iterable of (x, y) batches."""
+    """Top-1 accuracy in [0,1] of a classifier on images in [0,1] (float32 forward, eval mode); x a tensor or an
+    `ImageSet` with labels y, or an iterable of (x, y) batches."""
     was_training = model.training
     model.eval().to(device)
     correct = total = 0
-    it = ((x[i], y[i]) for i in batches(len(x), batch_size)) if isinstance(x, torch.Tensor) else x
+    if isinstance(x, (torch.Tensor, ImageSet)):
+        it = zip(image_batches(x, batch_size), (y[i] for i in batches(len(x), batch_size)))
+    else:
+        it = x
     for xb, yb in it:
         correct += (model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
         total += len(yb)
@@ -310,9 +314,11 @@ def finetune(clf: Classifier, x, y, *, epochs: int, lr: float = 1e-3, batch_size
     history = []
     for epoch in range(epochs):
         total, seen = 0.0, 0
-        for idx in tqdm(list(batches(len(x), batch_size, g, shuffle=True)), desc=f"{name} epoch {epoch + 1}/{epochs}",
-                        disable=not progress, leave=False):
-            xb, yb = x[idx].to(device), y[idx].to(device)
+        groups = list(batches(len(x), batch_size, g, shuffle=True))
+        images = image_batches(x, batch_size, order=torch.cat(groups))  # an ImageSet: decoded ahead by workers
+        for idx, xb in tqdm(zip(groups, images), total=len(groups), desc=f"{name} epoch {epoch + 1}/{epochs}",
+                            disable=not progress, leave=False):
+            xb, yb = xb.to(device), y[idx].to(device)
             if adversarial:
                 xb = attacks.pgd(clf, xb, yb, eps=adversarial["eps"], steps=adversarial["steps"], keep="last",
                                  amp="auto" if amp else "off", channels_last=False, fold_bn=False, generator=g)

@@ -244,9 +244,9 @@ def grid_accuracy(masks: dict, key: tuple, eps_list: list[float], eps: float, n:
 def attack_inputs(params: dict, cache_dir: str | os.PathLike, tasks: list[str] | None = None):
     """What notebook 03 attacks, built from its parameters: (classifiers {(model, task)}, points {task: (x, y)},
     settings). Shared by the notebook and the torchrun command, so both run the same grid."""
-    tasks = tasks or [params["task"], params["transfer_task"]]
-    points = {t: data.load_classification(t, "test", n=params["n_attack"], seed=params["seed"],
-                                          **data.sources(params)) for t in tasks}
+    tasks = tasks or [params["task"], *params["transfer_tasks"]]
+    points = {t: data.load_points(t, "test", n=params["n_attack"], seed=params["seed"], **data.sources(params))
+              for t in tasks}
     classifiers = linear_classifiers(cache_dir, params["methods"], tasks)  # what notebook 02 fitted, checked
     options = {"n_targets": params["n_targets"], "n_queries": params["square_queries"]}
     settings = [{"attack": a, "norm": "linf", "eps_list": params["eps_linf"], "options": options,
@@ -344,9 +344,11 @@ def run_convergence(classifiers: dict[tuple[str, str], nn.Module], points: dict[
 
 def transfer_sweep(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                    source_name: str, task: str, eps_list: list[float], steps: int, seed: int = 0,
-                   regime: str = "linear", device: str = "cpu") -> list[dict]:
+                   regime: str = "linear", device: str = "cpu", batch_size: int = 256) -> list[dict]:
     """Transfer attack: L-inf PGD crafted on `source` (its last iterate: the first point that fools the source is
-    barely across its boundary and transfers worse), scored (float32 verdict) on each target.
+    barely across its boundary and transfers worse), scored (float32 verdict) on each target, `batch_size` points
+    at a time (each batch's random start seeded by `seed` and its index), so that only a batch of adversarial images
+    is ever held (5,000 ImageNet points would be 3 GB, and one ResNet-50 batch of them more than a GPU holds).
 
     A target point counts as robust when the target classifies it correctly both clean and after the transfer
     (a point the target gets wrong clean is not robust, as with every other attack here).
@@ -354,10 +356,15 @@ def transfer_sweep(source: nn.Module, targets: dict[str, nn.Module], x: torch.Te
     rows = []
     clean_right = {name: _correct(target, x, y, device) for name, target in targets.items()}
     for eps in eps_list:
-        x_adv = x if eps == 0 else attacks.pgd(source, x, y, eps=eps, norm="linf", steps=steps, keep="last",
-                                               seed=seed)
+        robust = {name: torch.zeros(len(y), dtype=torch.bool) for name in targets}
+        for b, i in enumerate(range(0, len(y), batch_size)):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            x_adv = xb if eps == 0 else attacks.pgd(source, xb, yb, eps=eps, norm="linf", steps=steps, keep="last",
+                                                    seed=derive_seed(seed, b, SEED_STREAM_BATCH))
+            for name, target in targets.items():
+                robust[name][i:i + batch_size] = _correct(target, x_adv, yb, device)
         for name, target in targets.items():
-            acc = float((clean_right[name] & _correct(target, x_adv, y, device)).float().mean())
+            acc = float((clean_right[name] & robust[name]).float().mean())
             rows.append({"model": name, "regime": regime, "task": task, "attack": f"transfer-pgd<{source_name}",
                          "norm": "linf", "eps": eps, "steps": steps, "restarts": 1, "accuracy": acc, "n": len(y),
                          "flags": ""})
@@ -374,10 +381,11 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, ba
 
 def run_transfer(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, task: str,
                  eps_list: list[float], steps: int, supervised: str = SUPERVISED, seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False) -> list[dict]:
+                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = False,
+                 batch_size: int = 256) -> list[dict]:
     """Transfer attacks in both directions: PGD L-inf crafted on the supervised classifier and scored on every SSL
-    one, and crafted on each SSL classifier and scored on the supervised one. One job per source (in worker
-    processes on a CPU), each cached under `<cache_dir>/transfer/`. Returns tidy rows."""
+    one, and crafted on each SSL classifier and scored on the supervised one, `batch_size` points at a time. One job
+    per source (in worker processes on a CPU), each cached under `<cache_dir>/transfer/`. Returns tidy rows."""
     sup = classifiers[supervised]
     plan = [(supervised, {m: c for m, c in classifiers.items() if m != supervised})] + \
            [(m, {supervised: sup}) for m in classifiers if m != supervised]
@@ -386,10 +394,10 @@ def run_transfer(classifiers: dict[str, nn.Module], x: torch.Tensor, y: torch.Te
         key = {"source": weights_digest(classifiers[source]),
                "targets": {t: weights_digest(c) for t, c in targets.items()}, "points": points_digest(x, y),
                "eps": list(eps_list), "steps": steps, "seed": seed, "task": task, "kernel": KERNEL_VERSION,
-               "keep": "last", "clean_right": True}
+               "keep": "last", "clean_right": True, "batch_size": batch_size}
         entries.append((None if cache_dir is None else Path(cache_dir) / "transfer", f"{source}-{task}", key,
                         dict(source=classifiers[source], targets=targets, x=x, y=y, source_name=source, task=task,
-                             eps_list=eps_list, steps=steps, seed=seed, device=device)))
+                             eps_list=eps_list, steps=steps, seed=seed, device=device, batch_size=batch_size)))
     out = run_cached(transfer_sweep, entries, desc="transfer", device=device, progress=progress)
     return [r for rows in out for r in rows]
 

@@ -1,6 +1,6 @@
 """Dense-task scenes: images with class-labelled boxes and per-pixel masks, generated or read from Pascal VOC.
 
-Data layer: imports only `utils.data` (and torch).
+Data layer: imports only `utils.data` and `utils.imageset` (and torch).
 
 `cpu`/`smoke`: "Fashion scenes", canvases of `canvas` x `canvas` pixels (64 to 96) holding one to `max_items`
 Fashion-MNIST items at random places, with exact class-labelled boxes and per-pixel masks derived from the items'
@@ -12,13 +12,18 @@ x1 = c0, x2 = c1 + 1. Labels are 1..K-1 (0 is the background class of the masks)
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
+from xml.etree.ElementTree import parse as ET_parse
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
 
 from utils.data import FASHION_CLASSES, DataMissingError, load_fashion_mnist, subset_indices
+from utils.imageset import ImageSet, image_batches
 
 FASHION_SCENE_CLASSES = ["background"] + FASHION_CLASSES
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,8 +37,10 @@ FASHION_SPLIT_SIZES = {"train": 60000, "test": 10000}
 class Scenes:
     """A set of dense-task scenes.
 
-    images: [S, C, H, W], float32 in [0, 1] (or uint8 0..255 to save memory; `image_batch` converts).
-    masks: [S, H, W] int64 class per pixel (0 = background, `ignore_index` = not scored), or None (detection only).
+    images: [S, C, H, W], float32 in [0, 1], uint8 0..255 to save memory, or an `ImageSet` (VOC: files decoded
+        when used); `image_batch` gives float32 in [0, 1] from each.
+    masks: [S, H, W] class per pixel (0 = background, `ignore_index` = not scored), int64 or uint8 (VOC: 8x less
+        memory; `mask_batch` gives int64), or None (detection only).
     boxes: S tensors [k_i, 4] float32 (x1, y1, x2, y2), pixel-edge coordinates; None for segmentation-only sets.
     labels: S tensors [k_i] int64 in 1..len(class_names)-1; None with `boxes`.
     source: where the items came from (Fashion scenes: split, item ids into that split, top-left offsets).
@@ -63,8 +70,15 @@ class Scenes:
         x = self.images[idx]
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
+    def mask_batch(self, idx) -> torch.Tensor:
+        """int64 masks [n, H, W] for indices `idx` (slice, list or tensor)."""
+        return self.masks[idx].long()
+
     def image_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Float32 image batches of every scene, in order (what `utils.probe.extract_features` takes)."""
+        if isinstance(self.images, ImageSet):  # decoded ahead by DataLoader workers
+            yield from image_batches(self.images, batch_size)
+            return
         for i in range(0, len(self), batch_size):
             yield self.image_batch(slice(i, i + batch_size))
 
@@ -173,7 +187,8 @@ def voc_scenes(root: str, split: str, task: str, *, canvas: int = 512, n: int | 
     task "detection" uses `VOCDetection` (boxes from the XML annotations, "difficult" objects dropped, images with no
     box left out), task "segmentation" uses `VOCSegmentation` (masks with 255 = boundary, not scored). split "train"
     reads image set "train", "test" reads "val". Images are resized to canvas x canvas (bilinear, antialiased; boxes
-    scaled alike, masks nearest) and kept as uint8 to save memory. `n` (None or 0 = all) picks a seeded subset.
+    scaled alike, masks nearest); masks are kept as uint8, images as their files (an `ImageSet`, decoded batch by
+    batch). `n` (None or 0 = all) picks a seeded subset.
     """
     from torchvision import datasets
     from torchvision.transforms.functional import pil_to_tensor
@@ -190,17 +205,16 @@ def voc_scenes(root: str, split: str, task: str, *, canvas: int = 512, n: int | 
         raise DataMissingError(f"Pascal VOC {year} not found under {root}: set the parameter `voc_root` to the folder "
                                f"that holds VOCdevkit/VOC{year} (nothing is downloaded at run time). ({e})") from e
     idx = subset_indices(len(ds), n, seed).tolist()
-    images, masks, boxes, labels = [], [], [], []
+    kept, masks, boxes, labels = [], [], [], []
     for i in idx:
-        img, ann = ds[i]
-        x = pil_to_tensor(img.convert("RGB"))
-        h, w = x.shape[-2:]
-        x = F.interpolate(x[None].float(), size=(canvas, canvas), mode="bilinear", antialias=True,
-                          align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         if task == "segmentation":
-            m = pil_to_tensor(ann)[None].float()
-            masks.append(F.interpolate(m, size=(canvas, canvas), mode="nearest")[0, 0].long())
+            with Image.open(ds.masks[i]) as ann:
+                m = pil_to_tensor(ann)[None].float()
+            masks.append(F.interpolate(m, size=(canvas, canvas), mode="nearest")[0, 0].to(torch.uint8))
         else:
+            ann = ds.parse_voc_xml(ET_parse(ds.annotations[i]).getroot())
+            with Image.open(ds.images[i]) as img:  # the header only: the pixels are decoded when used
+                w, h = img.size
             objs = ann["annotation"].get("object", [])
             objs = objs if isinstance(objs, list) else [objs]
             bx, lb = [], []
@@ -216,11 +230,40 @@ def voc_scenes(root: str, split: str, task: str, *, canvas: int = 512, n: int | 
                 continue
             boxes.append(torch.tensor(bx, dtype=torch.float32))
             labels.append(torch.tensor(lb, dtype=torch.int64))
-        images.append(x)
-    if not images:
+        kept.append(i)
+    if not kept:
         raise DataMissingError(f"no usable VOC {task} images under {root} (image set {image_set!r})")
-    return Scenes(torch.stack(images), torch.stack(masks) if masks else None, boxes or None, labels or None,
+    # the images stay JPEG files, decoded and resized batch by batch when used (VOC's 11.5k images at 512 px would
+    # hold 9 GB even as uint8)
+    images = ImageSet(ResizedFiles(list(ds.images), canvas), torch.tensor(kept), (3, canvas, canvas),
+                      name=f"voc {task} {split}")
+    return Scenes(images, torch.stack(masks) if masks else None, boxes or None, labels or None,
                   list(VOC_CLASSES), 255 if task == "segmentation" else None, {"split": split, "voc_index": idx})
+
+
+class ResizedFiles(Dataset):
+    """Image files read as RGB and resized to canvas x canvas (bilinear, antialiased, rounded to uint8); item i ->
+    (uint8 [3, canvas, canvas], 0). Identified by the files' paths and sizes and the canvas."""
+
+    def __init__(self, paths: list[str], canvas: int):
+        self.paths, self.canvas = paths, int(canvas)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.functional import pil_to_tensor
+
+        with Image.open(self.paths[i]) as img:
+            x = pil_to_tensor(img.convert("RGB"))
+        x = F.interpolate(x[None].float(), size=(self.canvas, self.canvas), mode="bilinear", antialias=True,
+                          align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        return x, 0
+
+    def identity(self, idx: torch.Tensor) -> bytes:
+        return "\n".join([str(self.canvas)] + [f"{self.paths[i]}:{os.path.getsize(self.paths[i])}"
+                                                 for i in idx.tolist()]).encode()
+
 
 
 def load_dense_data(dataset: str, split: str, *, n_scenes: int, canvas: int, max_items: int = 4, seed: int = 0,

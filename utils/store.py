@@ -53,9 +53,11 @@ def param_hash(params: dict, length: int = 12) -> str:
 
 
 def _sha256_of_tensors(*tensors) -> "hashlib._Hash":
+    """Over the tensors' bytes; an object with `identity()` (a `utils.imageset.ImageSet`: images decoded on demand)
+    is named by the bytes it returns (its files and order), not by its pixels."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.identity() if hasattr(t, "identity") else t.detach().cpu().contiguous().numpy().tobytes())
     return h
 
 

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from utils import attacks, data
 from utils.checkpoints import CheckpointError, load_backbone
 from utils.config import SUPERVISED, notebook_parameters, output_dirs
+from utils.imageset import materialize
 from utils.models import ARCHS, Encoder, build_encoder
 from utils.pretrain import encoder_paths, training_params
 from utils.store import CorruptFileError, file_sha256, load_tensors, read_json_checked
@@ -295,7 +296,8 @@ def load_card_data(spec: str, *, n_train: int, n_test: int, seed: int = 0, image
             raise CardError(f"unknown data spec {spec!r}: use one of {DATA_SPECS}")
     except (data.DataMissingError, data.DataCorruptError) as e:
         raise CardError(str(e)) from None
-    return {**out, "spec": spec}
+    # the test points are attacked as a whole (n_test of them); the train images are only walked by the probe
+    return {**out, "x_test": materialize(out["x_test"]), "spec": spec}
 
 
 def resolve_baseline(baseline: str, task: str, profile: str, suite_cache=None) -> tuple[Path | None, str]:
