@@ -436,6 +436,12 @@ def test_cycle_jump_lands_on_the_last_iterate():
         assert bool(out[False][1]) is fooled
         assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
         assert out[True][2] == 1 and out[False][2] == 0 and out[True][3] < out[False][3]
+    # a walk shorter than CYCLE_MIN_WALK radii (4 steps of eps) is not watched: no exit, the same point and verdict
+    t_on, t_off = BlindSteps(Bump(), amp="off"), BlindSteps(Bump(), amp="off")
+    on = pgd_kernel(t_on, x, y, eps=0.25, steps=4, rel_step=1.0, random_start=False, cycles=True)
+    off = pgd_kernel(t_off, x, y, eps=0.25, steps=4, rel_step=1.0, random_start=False, cycles=False)
+    assert t_on.n_cycle_exits == 0 and t_on.n_grads == t_off.n_grads
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
 
 
 @pytest.mark.parametrize("attack", ["square", "fab-t"])

@@ -110,7 +110,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     highest-loss iterate; keep="last" the last iterate of one restart (hard examples for adversarial training).
     Random starts come from `generator`, else from a generator seeded with `seed`, else from torch's global RNG.
     `cycles`: linf first-fooling PGD retires a surviving point whose iterate repeats (same result, fewer gradients;
-    see `utils.attacks.kernels.CYCLE_SAVE_GAP`).
+    watched when rel_step * steps >= `utils.attacks.kernels.CYCLE_MIN_WALK`; see CYCLE_SAVE_GAP there).
     """
     check_options(norm, steps, restarts, rel_step, loss, ("ce", "cw"))
     choice(keep, KEEP_MODES, "keep")

@@ -103,6 +103,12 @@ def into(xa: torch.Tensor, s: dict, eps: float, norm: str) -> torch.Tensor:
 # renewed at steps 1, 2, 4, ..., then every CYCLE_SAVE_GAP steps: cycles up to that period are caught once the saved
 # iterate lies on them. Exact as long as the gradient of a point does not depend on the other points in its batch.
 CYCLE_SAVE_GAP = 32
+# Watching costs a comparison per step; it pays only when the walk is long against the ball. With the suite's own
+# step rule (2.5/steps of eps, a walk of 2.5 radii) no iterate repeated in 9,277-101,293 gradients of the cpu
+# classifiers (bench/cycles.py), 2-3 points did among 385k-769k gradients (bench/attacks.py --table), and watching
+# made the CPU bench 1.5-5 % slower; with eps/4 over 100 steps (a walk of 25 radii) it saved 37 % of the gradients.
+# So points are watched when rel_step * steps >= CYCLE_MIN_WALK (results are the same either way).
+CYCLE_MIN_WALK = 5.0
 
 
 def _save_step(i: int) -> bool:
@@ -138,10 +144,12 @@ def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10,
     keep="first-fooling": each restart evaluates `steps` gradients, then the last iterate without one; a point leaves
     the batch when fooled. keep="best-loss": every point runs every step; its highest-loss iterate is returned.
     keep="last": one restart of `steps` gradient steps, the last iterate returned, no verdict (fooled is None).
-    `cycles` (linf, keep="first-fooling"): a surviving point whose iterate repeats skips the rest of its cycle (see
-    CYCLE_SAVE_GAP above); the returned points and verdicts are the same as without it.
+    `cycles` (linf, keep="first-fooling", a walk rel_step * steps of at least CYCLE_MIN_WALK radii): a surviving
+    point whose iterate repeats skips the rest of its cycle (see CYCLE_SAVE_GAP above); the returned points and
+    verdicts are the same as without it.
     """
-    alpha = (2.5 / steps if rel_step is None else rel_step) * eps
+    rel = 2.5 / steps if rel_step is None else rel_step
+    alpha = rel * eps
     every = torch.arange(len(x), device=x.device)
     if keep == "last":
         s = begin(x, y, every, eps, norm, 0, x_init, random_start, generator)
@@ -150,7 +158,7 @@ def pgd_kernel(target, x, y, *, eps: float, norm: str = "linf", steps: int = 10,
             s["xa"] = into(torch.add(s["xa"], unit_direction(ev.grad, norm), alpha=alpha), s, eps, norm)
         return s["xa"], None
     rec = Record(x if x_init is None else x_init, stop_when_fooled=keep == "first-fooling")
-    watch = cycles and norm == "linf" and rec.stop_when_fooled and steps >= 3
+    watch = cycles and norm == "linf" and rec.stop_when_fooled and steps >= 3 and rel * steps >= CYCLE_MIN_WALK
     for r in range(restarts):
         ids = (~rec.fooled).nonzero().squeeze(1) if rec.stop_when_fooled else every
         if len(ids) == 0:
