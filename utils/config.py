@@ -149,7 +149,7 @@ PROFILES["paper-mini"] = {
                "imagenet_root": f"{MINIATURE_ROOT}/imagenet", "transfer_root": f"{MINIATURE_ROOT}/cifar",
                "voc_root": f"{MINIATURE_ROOT}/voc", "checkpoint_root": f"{MINIATURE_ROOT}/checkpoints"},
     "01": {**PROFILES["paper"]["01"], "batch_size": 16, "n_probe_train": 64, "n_probe_test": 32},
-    "02": {"n_probe_train": 96, "n_test": 24, "probe_epochs": 20, "transfer_tasks": ["cifar10", "cifar100"],
+    "02": {"n_probe_train": 96, "n_test": 16, "probe_epochs": 20, "transfer_tasks": ["cifar10", "cifar100"],
            "published_tolerance": 2.0},
     "03": {"n_attack": 16, "transfer_tasks": ["cifar10", "cifar100"], "eps_linf": [0, 2 / 255, 8 / 255], "eps_l2": [0, 0.5],
            "linf_attacks": ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "autoattack"], "l2_attacks": ["pgd", "apgd-ce"],
