@@ -18,8 +18,8 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 # Batches decoded ahead of the one in use per DataLoader worker (torch's default); with `decode_workers()` workers
 # and a batch of 256 ImageNet images at 224 px (uint8, 38 MB) the images in flight stay under ~1 GB.
@@ -32,6 +32,12 @@ def decode_workers() -> int:
     """DataLoader workers that decode images: $SSL_ADV_DECODE_WORKERS if set, else min(8, CPU cores)."""
     env = os.environ.get("SSL_ADV_DECODE_WORKERS")
     return int(env) if env else min(8, os.cpu_count() or 1)
+
+
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images [N, C, h, w] resized to size x size (bilinear, antialiased, rounded back to uint8)."""
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class ResizedArrays(Dataset):
@@ -50,17 +56,10 @@ class ResizedArrays(Dataset):
 
     def fetch(self, idx: Sequence[int]) -> torch.Tensor:
         x = self.images[torch.as_tensor(list(idx), dtype=torch.int64)]
-        if self.size is None:
-            return x
-        return F.interpolate(x.float(), size=(self.size,) * 2, mode="bilinear", antialias=True,
-                             align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        return x if self.size is None else resize_uint8(x, self.size)
 
     def __getitem__(self, i: int):
         return self.fetch([i])[0], int(self.labels[i])
-
-    def __getitems__(self, idx: list[int]):  # DataLoader's batched fetch: one interpolate per batch
-        x = self.fetch(idx)
-        return [(x[j], int(self.labels[i])) for j, i in enumerate(idx)]
 
     def identity(self, idx: torch.Tensor) -> bytes:
         """What identifies images idx: their stored bytes and the size they are resized to."""
@@ -89,9 +88,31 @@ class FolderFiles(Dataset):
         return "\n".join(parts).encode()
 
 
+class ResizedFiles(Dataset):
+    """Image files read as RGB and resized to canvas x canvas (`resize_uint8`); item i -> (uint8 [3, canvas,
+    canvas], 0). Identified by the files' paths and sizes and the canvas."""
+
+    def __init__(self, paths: list[str], canvas: int):
+        self.paths, self.canvas = paths, int(canvas)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.functional import pil_to_tensor
+
+        with Image.open(self.paths[i]) as img:
+            x = pil_to_tensor(img.convert("RGB"))
+        return resize_uint8(x[None], self.canvas)[0], 0
+
+    def identity(self, idx: torch.Tensor) -> bytes:
+        return "\n".join([str(self.canvas)] + [f"{self.paths[i]}:{os.path.getsize(self.paths[i])}"
+                                                 for i in idx.tolist()]).encode()
+
+
 class ImageSet:
-    """A sequence of images in [0, 1] decoded on demand from `source` (`ResizedArrays` or `FolderFiles`: items
-    (uint8 [C, H, W], label)) at positions `indices`; see the module docstring."""
+    """A sequence of images in [0, 1] decoded on demand from `source` (`ResizedArrays`, `FolderFiles` or
+    `ResizedFiles`: items (uint8 [C, H, W], label)) at positions `indices`; see the module docstring."""
 
     def __init__(self, source: Dataset, indices: torch.Tensor, shape: tuple[int, int, int], name: str = "images"):
         self.source, self.indices = source, torch.as_tensor(indices, dtype=torch.int64)
@@ -103,9 +124,6 @@ class ImageSet:
     @property
     def shape(self) -> torch.Size:
         return torch.Size((len(self), *self.item_shape))
-
-    dtype = torch.float32
-    device = torch.device("cpu")
 
     def __repr__(self) -> str:
         return f"ImageSet({self.name}, {len(self)} images of {'x'.join(map(str, self.item_shape))}, decoded on demand)"
@@ -130,11 +148,11 @@ class ImageSet:
             return self.subset([key]).decode()[0]
         return self.subset(key).decode()
 
-    def decode(self, progress: bool = False) -> torch.Tensor:
+    def decode(self) -> torch.Tensor:
         """Every image of the set as one float32 tensor [N, C, H, W] in [0, 1] (for sets that fit in memory)."""
         out = torch.empty(self.shape, dtype=torch.float32)
         i = 0
-        for xb in image_batches(self, 256, progress=progress, desc=f"decoding {self.name}"):
+        for xb in image_batches(self, 256):
             out[i:i + len(xb)] = xb
             i += len(xb)
         return out
@@ -147,15 +165,12 @@ class ImageSet:
         groups = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
         if not groups:
             return
+        if isinstance(self.source, ResizedArrays):  # in memory: a batched resize here is cheaper than a worker
+            yield from (self.source.fetch(g) for g in groups)
+            return
         workers = decode_workers() if len(ids) >= WORKER_MIN_IMAGES else 0
-        if isinstance(self.source, ResizedArrays) and workers:  # in-memory arrays: a resize is cheaper than a worker
-            workers = 0
         if workers == 0:
-            for g in groups:
-                if isinstance(self.source, ResizedArrays):
-                    yield self.source.fetch(g)
-                else:
-                    yield torch.stack([self.source[i][0] for i in g])
+            yield from (_stack_images([self.source[i] for i in g]) for g in groups)
             return
         loader = DataLoader(self.source, batch_sampler=groups, num_workers=min(workers, len(groups)),
                             prefetch_factor=PREFETCH, collate_fn=_stack_images)
@@ -170,19 +185,16 @@ def _stack_images(items) -> torch.Tensor:
     return torch.stack([x for x, _ in items])
 
 
-def image_batches(images, batch_size: int, *, order: torch.Tensor | None = None, progress: bool = False,
-            desc: str = "images") -> Iterator[torch.Tensor]:
+def image_batches(images, batch_size: int, *, order: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """float32 batches in [0, 1] of `images` (a tensor [N, ...] or an ImageSet) in `order` (default: in order),
     `batch_size` at a time. An ImageSet is decoded by DataLoader workers a few batches ahead; a tensor is sliced."""
-    n = len(images)
-    total = -(-(n if order is None else len(order)) // batch_size)
     if isinstance(images, ImageSet):
-        it = (xb.float().div_(255.0) for xb in images.uint8_batches(batch_size, order))
+        yield from (xb.float().div_(255.0) for xb in images.uint8_batches(batch_size, order))
+    elif order is None:
+        yield from (images[i:i + batch_size] for i in range(0, len(images), batch_size))
     else:
-        pos = torch.arange(n) if order is None else torch.as_tensor(order, dtype=torch.int64)
-        it = (images[pos[i:i + batch_size]] if order is not None else images[i:i + batch_size]
-              for i in range(0, len(pos), batch_size))
-    yield from tqdm(it, total=total, desc=desc, disable=not progress, mininterval=5, leave=False)
+        pos = torch.as_tensor(order, dtype=torch.int64)
+        yield from (images[pos[i:i + batch_size]] for i in range(0, len(pos), batch_size))
 
 
 def materialize(images) -> torch.Tensor:

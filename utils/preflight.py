@@ -56,8 +56,8 @@ def problems(params_by_notebook: dict[str, dict]) -> list[str]:
         roots = sources(p)
         if nb == "01" and uses_official_checkpoints(p):
             found += checkpoint_problems(p["methods"], p.get("checkpoint_root"))
-        for t in ([p["task"]] if "task" in p else []) + list(p.get("transfer_tasks", [])):
-            if nb != "05":
+        if nb != "05":  # 05 reads its own scenes (below)
+            for t in ([p["task"]] if "task" in p else []) + list(p.get("transfer_tasks", [])):
                 found += task_problems(t, **roots)
         if p.get("dataset") == "voc":
             found += voc_problems(p.get("voc_root"))

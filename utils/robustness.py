@@ -356,14 +356,14 @@ def transfer_sweep(source: nn.Module, targets: dict[str, nn.Module], x: torch.Te
     rows = []
     clean_right = {name: _correct(target, x, y, device) for name, target in targets.items()}
     for eps in eps_list:
-        robust = {name: torch.zeros(len(y), dtype=torch.bool) for name in targets}
-        for b, i in enumerate(range(0, len(y), batch_size)):
+        robust = {name: torch.ones(len(y), dtype=torch.bool) for name in targets}  # eps 0: the clean verdicts alone
+        for b, i in enumerate(range(0, len(y), batch_size) if eps > 0 else []):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            x_adv = xb if eps == 0 else attacks.pgd(source, xb, yb, eps=eps, norm="linf", steps=steps, keep="last",
-                                                    seed=derive_seed(seed, b, SEED_STREAM_BATCH))
+            x_adv = attacks.pgd(source, xb, yb, eps=eps, norm="linf", steps=steps, keep="last",
+                                seed=derive_seed(seed, b, SEED_STREAM_BATCH))
             for name, target in targets.items():
                 robust[name][i:i + batch_size] = _correct(target, x_adv, yb, device)
-        for name, target in targets.items():
+        for name in targets:
             acc = float((clean_right[name] & robust[name]).float().mean())
             rows.append({"model": name, "regime": regime, "task": task, "attack": f"transfer-pgd<{source_name}",
                          "norm": "linf", "eps": eps, "steps": steps, "restarts": 1, "accuracy": acc, "n": len(y),

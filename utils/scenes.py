@@ -12,7 +12,6 @@ x1 = c0, x2 = c1 + 1. Labels are 1..K-1 (0 is the background class of the masks)
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 from xml.etree.ElementTree import parse as ET_parse
@@ -20,10 +19,9 @@ from xml.etree.ElementTree import parse as ET_parse
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
 
 from utils.data import FASHION_CLASSES, DataMissingError, load_fashion_mnist, subset_indices
-from utils.imageset import ImageSet, image_batches
+from utils.imageset import ImageSet, ResizedFiles, image_batches
 
 FASHION_SCENE_CLASSES = ["background"] + FASHION_CLASSES
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -239,31 +237,6 @@ def voc_scenes(root: str, split: str, task: str, *, canvas: int = 512, n: int | 
                       name=f"voc {task} {split}")
     return Scenes(images, torch.stack(masks) if masks else None, boxes or None, labels or None,
                   list(VOC_CLASSES), 255 if task == "segmentation" else None, {"split": split, "voc_index": idx})
-
-
-class ResizedFiles(Dataset):
-    """Image files read as RGB and resized to canvas x canvas (bilinear, antialiased, rounded to uint8); item i ->
-    (uint8 [3, canvas, canvas], 0). Identified by the files' paths and sizes and the canvas."""
-
-    def __init__(self, paths: list[str], canvas: int):
-        self.paths, self.canvas = paths, int(canvas)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from torchvision.transforms.functional import pil_to_tensor
-
-        with Image.open(self.paths[i]) as img:
-            x = pil_to_tensor(img.convert("RGB"))
-        x = F.interpolate(x[None].float(), size=(self.canvas, self.canvas), mode="bilinear", antialias=True,
-                          align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        return x, 0
-
-    def identity(self, idx: torch.Tensor) -> bytes:
-        return "\n".join([str(self.canvas)] + [f"{self.paths[i]}:{os.path.getsize(self.paths[i])}"
-                                                 for i in idx.tolist()]).encode()
-
 
 
 def load_dense_data(dataset: str, split: str, *, n_scenes: int, canvas: int, max_items: int = 4, seed: int = 0,
